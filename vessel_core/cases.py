@@ -1,0 +1,86 @@
+"""The `Case` record (a fundus image with its masks) and helpers on lists of cases."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Case:
+    """A fundus image with an optional manual vessel mask and a FOV mask.
+
+    Attributes
+    ----------
+    id : str
+        Case id, unique inside a dataset (for DRIVE: ``"21"``, ``"01"``...).
+    image : (H, W, 3) uint8 ndarray
+        RGB fundus photograph.
+    fov_mask : (H, W) bool ndarray
+        Field of view; True inside the fundus. Estimated when no file gave one.
+    vessel_mask : (H, W) bool ndarray or None
+        Manual vessel segmentation; None for an image without a mask.
+    split : {"train", "test"}
+        Which side of the train/test split the case is on.
+    fov_estimated : bool
+        True when ``fov_mask`` was estimated from the image rather than read.
+    sources : dict of str to str
+        Where each part came from: keys ``"image"``, ``"vessel_mask"``,
+        ``"fov_mask"``; values are paths (or ``"zip:member"``/``"builtin:..."``).
+    dataset : str
+        Name of the layout the case was found in (``"DRIVE"``, ``"generic"``...).
+    """
+
+    id: str
+    image: NDArray[np.uint8]
+    fov_mask: NDArray[np.bool_]
+    vessel_mask: NDArray[np.bool_] | None = None
+    split: str = "train"
+    fov_estimated: bool = False
+    sources: dict[str, str] = field(default_factory=dict)
+    dataset: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the image."""
+        return self.image.shape[0], self.image.shape[1]
+
+    @property
+    def has_mask(self) -> bool:
+        return self.vessel_mask is not None
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the image and masks' pixels (16 hex digits)."""
+        h = hashlib.sha256()
+        for part in (self.image, self.fov_mask, self.vessel_mask):
+            if part is not None:
+                h.update(str(part.shape).encode())
+                h.update(np.ascontiguousarray(part).tobytes())
+        return h.hexdigest()[:16]
+
+
+def fingerprint_cases(cases: Iterable[Case]) -> str:
+    """One fingerprint for a list of cases, in the order given."""
+    h = hashlib.sha256()
+    for case in cases:
+        h.update(case.id.encode())
+        h.update(case.fingerprint().encode())
+    return h.hexdigest()[:16]
+
+
+def split_cases(cases: Sequence[Case], split: str) -> list[Case]:
+    """The cases on one side of the split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return [c for c in cases if c.split == split]
+
+
+def with_masks(cases: Sequence[Case]) -> list[Case]:
+    """The cases that carry a manual vessel mask."""
+    return [c for c in cases if c.vessel_mask is not None]
