@@ -21,9 +21,7 @@ def drive_dir() -> Path:
 def drive_root() -> Path:
     root = drive_dir()
     if not (root / "training").is_dir() or not (root / "test").is_dir():
-        pytest.skip(
-            f"DRIVE not found at {root} (set VESSEL_DRIVE_DIR to its folder)"
-        )
+        pytest.skip(f"DRIVE not found at {root} (set VESSEL_DRIVE_DIR to its folder)")
     return root
 
 

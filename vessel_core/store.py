@@ -170,7 +170,9 @@ def load_model(folder: str | Path) -> VesselModel:
     except ModelFolderError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise ModelFolderError(f"{folder}: cannot load the {meta['kind']} model: {exc}") from exc
+        raise ModelFolderError(
+            f"{folder}: cannot load the {meta['kind']} model: {exc}"
+        ) from exc
 
 
 @dataclass(frozen=True)
