@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import zipfile
 
@@ -11,6 +12,7 @@ import pytest
 
 from vessel_core.render import (
     ERROR_COLOURS,
+    data_uri,
     error_overlay,
     mask_image,
     probability_image,
@@ -122,3 +124,14 @@ def test_zip_and_result_files_hold_every_picture():
         )
     no_mask = result_files("r", image, prob, 0.5)
     assert "r_errors.png" not in no_mask and "r_manual.png" not in no_mask
+
+
+def test_data_uri_holds_a_png_thumbnail():
+    uri = data_uri(np.zeros((300, 100, 3), np.uint8), max_side=30)
+    assert uri.startswith("data:image/png;base64,")
+    png = base64.b64decode(uri.split(",", 1)[1])
+    assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape == (
+        30,
+        10,
+        3,
+    )

@@ -6,6 +6,7 @@ scores themselves (that is `vessel_core.metrics`).
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import zipfile
@@ -164,6 +165,12 @@ def to_png(image: NDArray) -> bytes:
     if not ok:
         raise ValueError(f"PNG encoding failed for an image of shape {image.shape}")
     return buf.tobytes()
+
+
+def data_uri(image: NDArray, max_side: int = 96) -> str:
+    """A small PNG of ``image`` as a ``data:image/png;base64,...`` URI (for tables)."""
+    png = to_png(thumbnail(image, max_side))
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _csv_value(value: Any) -> Any:
