@@ -88,8 +88,8 @@ def test_inspect_lists_cases_and_unpaired(dataset, capsys, tmp_path):
 
 
 def test_inspect_json_to_stdout_is_only_json(dataset, capsys):
-    code, out, _ = _run(capsys, "-q", "inspect", dataset, "--json", "-")
-    assert code == 0
+    code, out, err = _run(capsys, "inspect", dataset, "--json", "-", "-q")
+    assert code == 0 and err == ""
     assert json.loads(out)["layout"] == "generic"
 
 

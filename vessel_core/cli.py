@@ -152,16 +152,15 @@ def build_parser(model_cls: type | None = None) -> argparse.ArgumentParser:
         description="Retinal vessel extraction: inspect data, train, evaluate, "
         "predict.",
     )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="log only warnings and errors"
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log debug messages too"
-    )
+    _add_verbosity(parser, default=False)
+    # -q/-v also after the command; SUPPRESS keeps the main parser's value otherwise
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser(
-        "inspect",
+        parents=[common],
+        name="inspect",
         help="list the cases found in a folder or ZIP",
         description="List the cases of a dataset (folder or ZIP) and the files that "
         "found no partner.",
@@ -171,7 +170,8 @@ def build_parser(model_cls: type | None = None) -> argparse.ArgumentParser:
     p.set_defaults(run=run_inspect)
 
     p = commands.add_parser(
-        "evaluate",
+        parents=[common],
+        name="evaluate",
         help="score saved predictions or a model against the vessel masks",
         description="Score predictions inside the FOV: saved PNGs (--pred) or a "
         "model's (--model). Prints per-case, mean and pooled figures.",
@@ -199,7 +199,8 @@ def build_parser(model_cls: type | None = None) -> argparse.ArgumentParser:
     p.set_defaults(run=run_evaluate)
 
     p = commands.add_parser(
-        "train",
+        parents=[common],
+        name="train",
         help="train a model and save it",
         description="Train a model of kind KIND on the cases with vessel masks and "
         "save it. 'train KIND --help' lists KIND's settings.",
@@ -231,7 +232,8 @@ def build_parser(model_cls: type | None = None) -> argparse.ArgumentParser:
     p.set_defaults(run=run_train, model_cls=model_cls)
 
     p = commands.add_parser(
-        "predict",
+        parents=[common],
+        name="predict",
         help="write probability and vessel maps for images",
         description="For each image write <stem>_prob.png (grey 0-255) and "
         "<stem>_vessels.png (0/255), zero outside the estimated FOV.",
@@ -246,6 +248,23 @@ def build_parser(model_cls: type | None = None) -> argparse.ArgumentParser:
     )
     p.set_defaults(run=run_predict)
     return parser
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="log only warnings and errors",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log debug messages too",
+    )
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
