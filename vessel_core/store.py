@@ -47,6 +47,7 @@ class VesselModel(Protocol):
 
 
 _KINDS: dict[str, Callable[[], type]] = {}
+_BUILTINS_REGISTERED = False
 
 
 def register_kind(kind: str, loader: Callable[[], type]) -> None:
@@ -63,8 +64,10 @@ def model_class(kind: str) -> type:
 
 
 def _register_builtin_kinds() -> None:
-    if _KINDS:
+    global _BUILTINS_REGISTERED
+    if _BUILTINS_REGISTERED:
         return
+    _BUILTINS_REGISTERED = True
 
     def _classic():
         from vessel_core.classic import ClassicFilters
@@ -81,9 +84,8 @@ def _register_builtin_kinds() -> None:
 
         return ResNetUNet
 
-    register_kind("classic", _classic)
-    register_kind("knn", _knn)
-    register_kind("resnet34", _resnet)
+    for kind, loader in (("classic", _classic), ("knn", _knn), ("resnet34", _resnet)):
+        _KINDS.setdefault(kind, loader)
 
 
 class ModelFolderError(ValueError):
