@@ -1,0 +1,479 @@
+"""What every page shares: session state, the job manager, models, cached predictions.
+
+Pages import this module and `vessel_core`; nothing here processes images or
+computes scores, it only keeps state and draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from vessel_core import sampling, store
+from vessel_core.cases import Case, fingerprint_cases, split_cases, with_masks
+from vessel_core.jobs import Job, JobManager
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_ADDRESSES = ("", "localhost", "127.0.0.1", "::1")
+KIND_LABELS = {
+    "knn": "KNN on neighbourhood patches",
+    "resnet34": "ResNet34 U-Net",
+    "classic": "Classic filters (baseline)",
+}
+
+# session_state keys that are not widgets (they survive page switches)
+CASES = "cases"
+DATASET = "dataset"
+UNPAIRED = "unpaired"
+LOAD_COUNT = "load_count"
+SAMPLING = "sampling_choice"
+SESSION_ID = "session_id"
+SEEN_JOBS = "seen_job_status"
+
+
+# ---------------------------------------------------------------------------------
+# Session state
+
+
+def session_id() -> str:
+    """This browser session's id (owner of its jobs)."""
+    if SESSION_ID not in st.session_state:
+        st.session_state[SESSION_ID] = uuid.uuid4().hex
+    return st.session_state[SESSION_ID]
+
+
+def cases() -> list[Case]:
+    """The loaded cases ([] before anything is loaded)."""
+    return st.session_state.get(CASES, [])
+
+
+def set_cases(new_cases: Sequence[Case], dataset: str, unpaired=()) -> None:
+    """Replace the loaded data; the page's split editor starts afresh."""
+    st.session_state[CASES] = list(new_cases)
+    st.session_state[DATASET] = dataset
+    st.session_state[UNPAIRED] = list(unpaired)
+    st.session_state[LOAD_COUNT] = st.session_state.get(LOAD_COUNT, 0) + 1
+
+
+def set_splits(splits: dict[str, str]) -> None:
+    """Move cases between train and test: ``{case id: split}``."""
+    st.session_state[CASES] = [
+        replace(c, split=splits.get(c.id, c.split)) for c in cases()
+    ]
+
+
+def require_cases(need_masks: bool = False) -> list[Case]:
+    """The loaded cases, or a pointer to the Data page and a stop."""
+    loaded = cases()
+    if not loaded:
+        st.info("No data loaded yet. Load images on the Data page first.")
+        st.page_link("pages/data.py", label="Go to Data", icon=":material/upload:")
+        st.stop()
+    if need_masks and not with_masks(loaded):
+        st.warning(
+            "None of the loaded images has a manual vessel mask; this page needs "
+            "some. Load a dataset with masks (or the built-in sample)."
+        )
+        st.page_link("pages/data.py", label="Go to Data", icon=":material/upload:")
+        st.stop()
+    return loaded
+
+
+def train_cases() -> list[Case]:
+    """Training cases that carry a vessel mask."""
+    return with_masks(split_cases(cases(), "train"))
+
+
+def sampling_choice() -> dict[str, Any]:
+    """The undersampling chosen on its page (the default strategy until then)."""
+    if SAMPLING not in st.session_state:
+        st.session_state[SAMPLING] = {
+            "strategy": "near_vessels",
+            "settings": dict(sampling.STRATEGIES["near_vessels"]),
+            "seed": 0,
+        }
+    return st.session_state[SAMPLING]
+
+
+def current_selection() -> sampling.Selection | None:
+    """The chosen undersampling applied to the current training cases (cached)."""
+    chosen = train_cases()
+    if not chosen:
+        return None
+    choice = sampling_choice()
+    return _select(
+        fingerprint_cases(chosen),
+        choice["strategy"],
+        tuple(sorted(choice["settings"].items())),
+        int(choice["seed"]),
+        _cases=chosen,
+    )
+
+
+@st.cache_resource(max_entries=8, show_spinner="Choosing training pixels...")
+def _select(fingerprint, strategy, settings, seed, _cases):
+    return sampling.select(_cases, strategy, seed=seed, **dict(settings))
+
+
+# ---------------------------------------------------------------------------------
+# Data folder on the server
+
+
+def data_root() -> Path | None:
+    """The folder under which server folders may be opened, or None (not allowed).
+
+    ``$VESSEL_DATA_DIR`` when set; otherwise ``../shared/data`` beside the project,
+    only while the server listens on this machine alone.
+    """
+    env = os.environ.get("VESSEL_DATA_DIR", "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    address = str(st.get_option("server.address") or "").strip()
+    if address in LOCAL_ADDRESSES:
+        return (ROOT.parent / "shared" / "data").resolve()
+    return None
+
+
+def allowed_folder(text: str, root: Path) -> Path:
+    """``text`` (absolute or relative to ``root``) as a path inside ``root``.
+
+    ValueError naming the path when it leaves ``root`` (``..``, links) or is
+    missing.
+    """
+    if not text.strip():
+        raise ValueError("give a folder or ZIP file under the data folder")
+    path = Path(text.strip()).expanduser()
+    if not path.is_absolute():
+        path = root / path
+    path = path.resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(
+            f"{text!r} is outside the data folder {root}; only folders under it "
+            "can be opened"
+        )
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    return path
+
+
+# ---------------------------------------------------------------------------------
+# Jobs and models
+
+
+def models_dir() -> Path:
+    """Where models are saved and listed: ``$VESSEL_MODELS_DIR`` or ``models/``."""
+    env = os.environ.get("VESSEL_MODELS_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else store.DEFAULT_MODELS_DIR
+
+
+def job_manager() -> JobManager:
+    """The server's job manager (one per models folder)."""
+    return _job_manager(str(models_dir()))
+
+
+@st.cache_resource
+def _job_manager(folder: str) -> JobManager:
+    return JobManager(models_dir=folder)
+
+
+def my_jobs() -> list[Job]:
+    return job_manager().jobs(session_id())
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model the user can pick: saved under models/ or trained in this session."""
+
+    key: str
+    name: str
+    kind: str
+    origin: str  # "this session" or "saved"
+    path: Path | None = None
+    job_id: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.kind}, {self.origin})"
+
+
+def _folder_key(path: Path) -> str:
+    meta = path / store.META_FILE
+    stamp = meta.stat().st_mtime_ns if meta.exists() else 0
+    return f"{path.resolve()}@{stamp}"
+
+
+def model_refs() -> list[ModelRef]:
+    """This session's models first, then every saved model, each once."""
+    refs: list[ModelRef] = []
+    mine: set[Path] = set()
+    for job in my_jobs():
+        if not job.finished_ok:
+            continue
+        if job.saved_path is not None:
+            mine.add(job.saved_path.resolve())
+            key = _folder_key(job.saved_path)
+            name = job.saved_name
+        else:
+            key, name = f"job:{job.id}", job.name
+        refs.append(
+            ModelRef(key, name, job.kind, "this session", job.saved_path, job.id)
+        )
+    for entry in store.list_models(models_dir()):
+        if entry.path.resolve() in mine:
+            continue
+        refs.append(
+            ModelRef(
+                _folder_key(entry.path), entry.name, entry.kind, "saved", entry.path
+            )
+        )
+    return refs
+
+
+def load(ref: ModelRef):
+    """The model behind ``ref`` (a session's model in memory, else loaded once)."""
+    if ref.job_id:
+        job = job_manager().get(session_id(), ref.job_id)
+        if job is not None and job.model is not None:
+            return job.model
+    if ref.path is None:
+        raise ValueError(f"model {ref.name!r} is gone (its session job was dropped)")
+    return _load_folder(ref.key, str(ref.path))
+
+
+@st.cache_resource(max_entries=16, show_spinner="Loading the model...")
+def _load_folder(key: str, path: str):
+    return store.load_model(path)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _predict(model_key: str, case_fp: str, _model, _case: Case):
+    start = time.perf_counter()
+    prob = np.asarray(_model.predict_proba(_case), np.float32)
+    return prob, time.perf_counter() - start
+
+
+def predict(ref: ModelRef, case: Case) -> tuple[np.ndarray, float]:
+    """The probability map of ``case`` by ``ref``'s model and the seconds it took.
+
+    Cached by model and case fingerprint: the seconds are those of the first run.
+    """
+    return _predict(ref.key, case.fingerprint(), load(ref), case)
+
+
+def predict_many(
+    refs: Sequence[ModelRef], chosen: Sequence[Case], label: str = "Predicting"
+) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
+    """``{model key: {case id: (prob, seconds)}}`` with a progress bar."""
+    total = len(refs) * len(chosen)
+    bar = st.progress(0.0, text=f"{label}...")
+    out: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
+    done = 0
+    for ref in refs:
+        out[ref.key] = {}
+        for case in chosen:
+            bar.progress(done / total, text=f"{label}: {ref.name} on case {case.id}")
+            out[ref.key][case.id] = predict(ref, case)
+            done += 1
+    bar.empty()
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# Drawing
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A figure for display: NaN and None as "n/a"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float | np.floating):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def show_error(exc: BaseException, what: str) -> None:
+    """An error box (no traceback) for a failure the user can act on."""
+    logger.warning("%s failed: %s", what, exc)
+    st.error(f"{what} failed: {exc}")
+
+
+def colour_legend(colours: dict[str, tuple[int, int, int]], labels: dict[str, str]):
+    """A one-line legend of coloured squares."""
+    parts = [
+        f"<span style='display:inline-block;width:1em;height:1em;"
+        f"background:rgb{tuple(colours[k])};border:1px solid #888;"
+        f"vertical-align:middle'></span> {labels[k]}"
+        for k in colours
+    ]
+    st.markdown(" &nbsp; ".join(parts), unsafe_allow_html=True)
+
+
+def line_figure(title: str, x_title: str, y_title: str, height: int = 340):
+    """An empty Plotly figure with the app's look."""
+    fig = go.Figure()
+    fig.update_layout(
+        title=title,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        height=height,
+        margin=dict(l=10, r=10, t=50, b=10),
+        font=dict(size=16),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+    )
+    return fig
+
+
+def plot(fig, key: str | None = None) -> None:
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+
+
+# ---------------------------------------------------------------------------------
+# Sidebar
+
+
+def _heartbeat() -> None:
+    job_manager().heartbeat(session_id())
+
+
+@st.fragment(run_every=20)
+def _job_status() -> None:
+    """Heartbeat and a one-line status per active job, refreshed every 20 s."""
+    _heartbeat()
+    for job in my_jobs():
+        if job.active:
+            pos = job_manager().queue_position(job)
+            where = f"waiting, place {pos} in the queue" if pos else "training"
+            st.caption(f":material/hourglass_top: {job.name}: {where}")
+
+
+def sidebar() -> None:
+    """What is loaded and which models exist, on every page."""
+    with st.sidebar:
+        loaded = cases()
+        st.subheader("Loaded")
+        if loaded:
+            n_train = len(split_cases(loaded, "train"))
+            n_test = len(split_cases(loaded, "test"))
+            no_mask = len(loaded) - len(with_masks(loaded))
+            st.markdown(
+                f"**{st.session_state.get(DATASET, '')}**: {len(loaded)} cases  \n"
+                f"{n_train} train / {n_test} test"
+                + (f"  \n{no_mask} without a vessel mask" if no_mask else "")
+            )
+            choice = sampling_choice()
+            st.caption(f"Undersampling: {choice['strategy']}")
+        else:
+            st.markdown("Nothing yet.")
+        st.subheader("Models")
+        refs = model_refs()
+        if refs:
+            st.markdown("\n".join(f"- {r.name} *({r.kind}, {r.origin})*" for r in refs))
+        else:
+            st.markdown("None yet.")
+        _job_status()
+
+
+def settings_widgets(
+    defaults: dict[str, Any],
+    choices: dict[str, Any],
+    key_prefix: str,
+    help_texts: dict[str, str] | None = None,
+    columns: int = 3,
+) -> dict[str, Any]:
+    """One widget per setting, typed by its default; returns the chosen settings.
+
+    ``choices[name]`` is a list of allowed values (a select box; a multiselect when
+    the default is a list) or a ``(low, high)`` pair of numbers (a slider range for
+    a list default of two numbers, bounds otherwise).
+    """
+    help_texts = help_texts or {}
+    out: dict[str, Any] = {}
+    cols = st.columns(columns)
+    for i, (name, default) in enumerate(defaults.items()):
+        label = name.replace("_", " ")
+        key = f"{key_prefix}_{name}"
+        allowed = choices.get(name)
+        tip = help_texts.get(name)
+        with cols[i % columns]:
+            out[name] = _one_setting(label, key, default, allowed, tip)
+    return out
+
+
+def _one_setting(label: str, key: str, default: Any, allowed: Any, tip: str | None):
+    is_range = isinstance(allowed, tuple) and len(allowed) == 2
+    if isinstance(default, bool):
+        return st.checkbox(label, value=default, key=key, help=tip)
+    if isinstance(default, list | tuple):
+        if allowed is not None and not is_range:
+            return st.multiselect(
+                label, list(allowed), default=list(default), key=key, help=tip
+            )
+        if len(default) == 2 and all(isinstance(v, int | float) for v in default):
+            low, high = allowed if is_range else (min(default), max(default) * 4)
+            value = st.slider(
+                label, low, high, (default[0], default[1]), key=key, help=tip
+            )
+            return list(value) if isinstance(default, list) else tuple(value)
+        text = st.text_input(
+            label, ", ".join(str(v) for v in default), key=key, help=tip
+        )
+        return _parse_list(text, default, label)
+    if allowed is not None and not is_range:
+        options = list(allowed)
+        index = options.index(default) if default in options else 0
+        return st.selectbox(label, options, index=index, key=key, help=tip)
+    if isinstance(default, int):
+        low, high = allowed if is_range else (0, None)
+        return int(
+            st.number_input(
+                label,
+                min_value=low,
+                max_value=high,
+                value=default,
+                step=1,
+                key=key,
+                help=tip,
+            )
+        )
+    if isinstance(default, float):
+        low, high = allowed if is_range else (0.0, None)
+        return float(
+            st.number_input(
+                label,
+                min_value=low,
+                max_value=high,
+                value=default,
+                key=key,
+                help=tip,
+                format="%g",
+            )
+        )
+    return st.text_input(label, str(default), key=key, help=tip)
+
+
+def _parse_list(text: str, default: Sequence[Any], label: str) -> list[Any]:
+    kind: Callable[[str], Any] = type(default[0]) if default else str
+    try:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        st.error(f"{label}: expected a comma-separated list like {list(default)}")
+        st.stop()
+
+
+def model_notes(cls) -> list[str]:
+    """Lines a model class wants shown before training (``cls.notes()``, if any)."""
+    notes = getattr(cls, "notes", None)
+    return [str(n) for n in notes()] if callable(notes) else []

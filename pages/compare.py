@@ -1,0 +1,175 @@
+"""Compare: every chosen model scored on the chosen test cases, beyond accuracy."""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from pages import _ui
+from vessel_core import compare, metrics
+from vessel_core.cases import split_cases, with_masks
+
+RESULT = "compare_result"
+
+st.title("4. Compare")
+
+loaded = _ui.require_cases(need_masks=True)
+refs = {r.label: r for r in _ui.model_refs()}
+if not refs:
+    st.info("No model yet: train one on the Train page (or put one under models/).")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")
+    st.stop()
+
+scorable = with_masks(loaded)
+default_cases = [c.id for c in with_masks(split_cases(loaded, "test"))] or [
+    c.id for c in scorable
+]
+left, right = st.columns(2)
+with left:
+    chosen_models = st.multiselect(
+        "Models", list(refs), default=list(refs)[:4], key="cmp_models"
+    )
+with right:
+    chosen_ids = st.multiselect(
+        "Test cases (with a vessel mask)",
+        [c.id for c in scorable],
+        default=default_cases,
+        key="cmp_cases",
+    )
+run = st.button(
+    "Score the models",
+    type="primary",
+    key="cmp_run",
+    disabled=not (chosen_models and chosen_ids),
+)
+
+if run:
+    chosen = [c for c in scorable if c.id in chosen_ids]
+    try:
+        predictions = _ui.predict_many([refs[m] for m in chosen_models], chosen)
+    except Exception as exc:  # a model that cannot predict must not end the page
+        _ui.show_error(exc, "Predicting")
+        st.stop()
+    reports, seconds = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        for label in chosen_models:
+            ref = refs[label]
+            model = _ui.load(ref)
+            by_case = predictions[ref.key]
+            reports[ref.name] = metrics.evaluate(
+                chosen,
+                {cid: prob for cid, (prob, _) in by_case.items()},
+                threshold=model.threshold,
+            )
+            seconds[ref.name] = sum(s for _, s in by_case.values()) / len(by_case)
+        baseline = compare.AllBackground()
+        reports[compare.ALL_BACKGROUND] = metrics.evaluate(
+            chosen, [baseline.predict_proba(c) for c in chosen]
+        )
+    st.session_state[RESULT] = {
+        "models": chosen_models,
+        "cases": chosen_ids,
+        "reports": reports,
+        "seconds": seconds,
+    }
+
+result = st.session_state.get(RESULT)
+if result is None:
+    st.info("Choose models and test cases, then press **Score the models**.")
+    st.stop()
+if result["models"] != chosen_models or result["cases"] != chosen_ids:
+    st.warning("The figures below are for an earlier choice; press the button again.")
+
+reports = result["reports"]
+which = st.radio(
+    "Summary",
+    ["mean", "pooled"],
+    format_func={
+        "mean": "mean over cases",
+        "pooled": "pooled pixels of all cases",
+    }.get,
+    horizontal=True,
+    key="cmp_which",
+)
+rows = compare.summary_rows(reports, which, result["seconds"])
+table = pd.DataFrame(rows).set_index("model")
+shown = table.map(_ui.fmt)
+if "seconds_per_image" in shown:
+    shown["seconds_per_image"] = table["seconds_per_image"].map(lambda s: _ui.fmt(s, 2))
+st.dataframe(shown, key="cmp_table")
+
+base_acc = reports[compare.ALL_BACKGROUND].pooled["accuracy"]
+st.warning(
+    f"**Accuracy alone misleads.** The *{compare.ALL_BACKGROUND}* row calls every "
+    f"pixel background: it finds no vessel at all, yet its accuracy is "
+    f"**{_ui.fmt(base_acc)}**, because most of the FOV is background. Judge the "
+    "models by F1 (Dice), sensitivity, MCC and the area under the PR curve."
+)
+
+curves, per_case = st.columns(2)
+with curves:
+    roc = _ui.line_figure("ROC curve (pooled)", "false positive rate", "sensitivity")
+    pr = _ui.line_figure("Precision-recall (pooled)", "recall", "precision")
+    for name, report in reports.items():
+        dash = "dash" if name == compare.ALL_BACKGROUND else "solid"
+        fpr, tpr, _ = report.roc_curve()
+        recall, precision, _ = report.pr_curve()
+        auc, ap = report.pooled["auc_roc"], report.pooled["auc_pr"]
+        roc.add_scatter(
+            x=fpr, y=tpr, name=f"{name} (AUC {_ui.fmt(auc)})", line=dict(dash=dash)
+        )
+        pr.add_scatter(
+            x=recall,
+            y=precision,
+            name=f"{name} (AP {_ui.fmt(ap)})",
+            line=dict(dash=dash),
+        )
+    for fig in (roc, pr):
+        fig.update_layout(
+            height=420,
+            legend=dict(
+                orientation="v", y=0.02, x=0.98, xanchor="right", yanchor="bottom"
+            ),
+        )
+        fig.update_xaxes(range=[0, 1])
+        fig.update_yaxes(range=[0, 1.02])
+    _ui.plot(roc, key="cmp_roc")
+    _ui.plot(pr, key="cmp_pr")
+
+with per_case:
+    metric = st.selectbox(
+        "Per-case figure",
+        compare.TABLE_METRICS,
+        key="cmp_metric",
+        format_func=lambda m: m.replace("_", " "),
+    )
+    cases_df = pd.DataFrame(compare.per_case_rows(reports))
+    fig = px.bar(
+        cases_df,
+        x="case",
+        y=metric,
+        color="model",
+        barmode="group",
+        title=f"{metric.replace('_', ' ')} per case",
+    )
+    fig.update_layout(height=420, font=dict(size=16), margin=dict(l=10, r=10, t=50))
+    _ui.plot(fig, key="cmp_per_case")
+    speed = pd.DataFrame(
+        {"model": list(result["seconds"]), "seconds": list(result["seconds"].values())}
+    )
+    fig = px.bar(speed, x="model", y="seconds", title="Seconds per image")
+    fig.update_layout(height=300, font=dict(size=16), margin=dict(l=10, r=10, t=50))
+    _ui.plot(fig, key="cmp_speed")
+
+notes = [n for r in reports.values() for n in r.notes]
+if notes:
+    with st.expander(f"{len(notes)} note(s) on undefined figures"):
+        st.markdown("\n".join(f"- {n}" for n in notes))
+
+st.page_link(
+    "pages/results.py", label="Next: look at one image", icon=":material/arrow_forward:"
+)

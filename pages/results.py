@@ -1,0 +1,123 @@
+"""Results: one image and one model: reconstruction, errors, threshold, downloads."""
+
+from __future__ import annotations
+
+import warnings
+
+import streamlit as st
+
+from pages import _ui
+from vessel_core import metrics, render
+
+SHOWN = ("f1", "sensitivity", "specificity", "precision", "accuracy", "mcc", "auc_roc")
+
+st.title("5. Results")
+
+loaded = _ui.require_cases()
+refs = {r.label: r for r in _ui.model_refs()}
+if not refs:
+    st.info("No model yet: train one on the Train page (or put one under models/).")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")
+    st.stop()
+
+by_id = {c.id: c for c in loaded}
+test_first = sorted(by_id, key=lambda cid: by_id[cid].split != "test")
+left, right = st.columns(2)
+with left:
+    case_id = st.selectbox(
+        "Image",
+        test_first,
+        key="res_case",
+        format_func=lambda cid: (
+            f"{cid} ({by_id[cid].split}"
+            + ("" if by_id[cid].has_mask else ", no mask")
+            + ")"
+        ),
+    )
+with right:
+    label = st.selectbox("Model", list(refs), key="res_model")
+case, ref = by_id[case_id], refs[label]
+
+try:
+    model = _ui.load(ref)
+    with st.spinner(f"{ref.name} is reading case {case.id}..."):
+        prob, seconds = _ui.predict(ref, case)
+except Exception as exc:  # a model that cannot predict must not end the page
+    _ui.show_error(exc, f"Predicting case {case.id} with {ref.name}")
+    st.stop()
+
+threshold = st.slider(
+    f"Threshold (the model's own: {model.threshold:.2f})",
+    0.0,
+    1.0,
+    float(model.threshold),
+    0.01,
+    key=f"res_threshold_{ref.key}",
+)
+pred = render.reconstruct(prob, threshold, case.fov_mask)
+
+figures = None
+if case.has_mask:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        figures = metrics.score(case.vessel_mask, prob, case.fov_mask, threshold)
+    for col, key in zip(st.columns(len(SHOWN)), SHOWN, strict=True):
+        col.metric(key.replace("_", " "), _ui.fmt(figures[key]))
+else:
+    st.info(
+        f"Case {case.id} has no manual vessel mask: here is the reconstruction alone, "
+        "with nothing to score it against."
+    )
+st.caption(f"Prediction took {seconds:.2f} s.")
+
+panels = [("Original", case.image)]
+if case.has_mask:
+    panels.append(("Manual vessel mask", render.mask_image(case.vessel_mask)))
+panels.append((f"Reconstruction (threshold {threshold:.2f})", render.mask_image(pred)))
+if case.has_mask:
+    panels.append(
+        ("Errors", render.error_overlay(case.vessel_mask, pred, case.fov_mask))
+    )
+else:
+    panels.append(("Probability map", render.probability_image(prob, case.fov_mask)))
+for col, (title, picture) in zip(st.columns(len(panels)), panels, strict=True):
+    with col:
+        st.markdown(f"**{title}**")
+        st.image(picture, width="stretch")
+if case.has_mask:
+    _ui.colour_legend(render.ERROR_COLOURS, render.ERROR_LABELS)
+    with st.columns(len(panels))[0]:
+        st.markdown("**Probability map**")
+        st.image(render.probability_image(prob, case.fov_mask), width="stretch")
+        st.caption("dark blue: surely background, yellow: surely vessel")
+
+files = render.result_files(
+    case.id, case.image, prob, threshold, case.fov_mask, case.vessel_mask, figures
+)
+st.subheader("Downloads")
+png, csv, bundle = st.columns(3)
+png.download_button(
+    "Vessel map (PNG)",
+    files[f"{case.id}_vessels.png"],
+    file_name=f"{case.id}_{ref.name}_vessels.png",
+    mime="image/png",
+    key="res_dl_png",
+    on_click="ignore",
+)
+if figures is not None:
+    csv.download_button(
+        "Metrics (CSV)",
+        files[f"{case.id}_metrics.csv"],
+        file_name=f"{case.id}_{ref.name}_metrics.csv",
+        mime="text/csv",
+        key="res_dl_csv",
+        on_click="ignore",
+    )
+bundle.download_button(
+    "Everything (ZIP)",
+    render.to_zip(files),
+    file_name=f"{case.id}_{ref.name}.zip",
+    mime="application/zip",
+    key="res_dl_zip",
+    on_click="ignore",
+)

@@ -1,0 +1,200 @@
+"""Train: fit a model in the background and watch its progress live."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _ui
+from vessel_core import store
+from vessel_core.jobs import FAILED, STOPPED, Job
+
+st.title("3. Train")
+
+_ui.require_cases(need_masks=True)
+train = _ui.train_cases()
+if not train:
+    st.warning(
+        "No training case has a vessel mask. Put some cases with masks on the "
+        "train side (Data page, *split* column)."
+    )
+    st.stop()
+
+kinds = list(_ui.KIND_LABELS)
+kind = st.radio(
+    "Model",
+    kinds,
+    format_func=_ui.KIND_LABELS.get,
+    horizontal=True,
+    key="train_kind",
+)
+try:
+    cls = store.model_class(kind)
+except (ImportError, ValueError) as exc:
+    _ui.show_error(exc, f"Loading the {_ui.KIND_LABELS[kind]} code")
+    st.stop()
+
+doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+if doc:
+    st.caption(" ".join(doc.split()))
+for line in _ui.model_notes(cls):
+    st.info(line)
+
+with st.form("train_form", border=True):
+    settings = _ui.settings_widgets(
+        cls.default_settings(),
+        getattr(cls, "SETTING_CHOICES", {}),
+        key_prefix=f"train_{kind}",
+        help_texts=getattr(cls, "SETTING_HELP", {}),
+    )
+    dataset = st.session_state.get(_ui.DATASET, "data").replace(" ", "-")
+    name = st.text_input("Save as", f"{kind}-{dataset}", key=f"train_name_{kind}")
+    choice = _ui.sampling_choice()
+    st.caption(
+        f"Trains on {len(train)} cases ({', '.join(c.id for c in train[:8])}"
+        f"{'...' if len(train) > 8 else ''}) with the undersampling "
+        f"**{choice['strategy'].replace('_', ' ')}** (page 2)."
+    )
+    start = st.form_submit_button("Start training", type="primary")
+
+if start:
+    try:
+        job = _ui.job_manager().submit(
+            _ui.session_id(),
+            kind,
+            settings,
+            train,
+            selection=_ui.current_selection(),
+            name=name,
+        )
+    except (TypeError, ValueError) as exc:
+        _ui.show_error(exc, "Starting the training")
+    else:
+        st.toast(f"Started {job.name}")
+
+
+def _cv_chart(job: Job) -> None:
+    """CV score of each (k, fold) as it finishes, and the mean per k."""
+    events = job.events("cv")
+    if not events:
+        return
+    by_k: dict[float, list[float]] = {}
+    for e in events:
+        by_k.setdefault(e.metrics["k"], []).append(e.metrics["score"])
+    fig = _ui.line_figure("Cross-validation score per k", "k (neighbours)", "score")
+    fig.add_scatter(
+        x=[e.metrics["k"] for e in events],
+        y=[e.metrics["score"] for e in events],
+        mode="markers",
+        name="one fold",
+        marker=dict(size=9, opacity=0.5),
+    )
+    ks = sorted(by_k)
+    fig.add_scatter(
+        x=ks,
+        y=[sum(by_k[k]) / len(by_k[k]) for k in ks],
+        mode="lines+markers",
+        name="mean over folds",
+        line=dict(width=3),
+    )
+    _ui.plot(fig, key=f"cv_{job.id}")
+
+
+def _batch_chart(job: Job) -> None:
+    events = [e for e in job.events("batch") if "loss" in e.metrics]
+    if not events:
+        return
+    fig = _ui.line_figure("Training loss per batch", "batch", "loss")
+    fig.add_scatter(
+        x=list(range(1, len(events) + 1)),
+        y=[e.metrics["loss"] for e in events],
+        mode="lines",
+        name="loss",
+    )
+    _ui.plot(fig, key=f"loss_{job.id}")
+
+
+def _epoch_chart(job: Job) -> None:
+    events = job.events("epoch")
+    if not events:
+        return
+    fig = _ui.line_figure("Validation per epoch", "epoch", "score")
+    names = [k for k in events[-1].metrics if k not in ("epoch", "loss", "lr")]
+    for metric in names:
+        points = [(e.done, e.metrics[metric]) for e in events if metric in e.metrics]
+        fig.add_scatter(
+            x=[p[0] for p in points],
+            y=[p[1] for p in points],
+            mode="lines+markers",
+            name=metric,
+        )
+    _ui.plot(fig, key=f"epoch_{job.id}")
+
+
+def _job_box(job: Job) -> None:
+    manager = _ui.job_manager()
+    with st.container(border=True):
+        head, button = st.columns([4, 1])
+        with head:
+            st.markdown(
+                f"**{job.name}** ({_ui.KIND_LABELS.get(job.kind, job.kind)}): "
+                f"{job.status}, {job.seconds:.0f} s"
+            )
+        if job.active:
+            with button:
+                st.button(
+                    "Stop (keep the best so far)",
+                    key=f"stop_{job.id}",
+                    on_click=manager.stop,
+                    args=(job.session_id, job.id),
+                    disabled=job.stop_flag.is_set(),
+                )
+            position = manager.queue_position(job)
+            if position:
+                st.info(f"Waiting: place {position} in the queue.")
+            else:
+                last = job.last_event
+                st.progress(
+                    last.fraction if last else 0.0,
+                    text=last.message if last and last.message else "Starting...",
+                )
+        elif job.status == FAILED:
+            st.error(f"Training failed: {job.error}")
+        elif job.finished_ok:
+            where = f"saved as **{job.saved_name}**" if job.saved_name else "not saved"
+            stopped = " (stopped early)" if job.status == STOPPED else ""
+            st.success(f"Finished{stopped}, {where}.")
+        else:
+            st.warning(job.notice or job.error or "Stopped.")
+        if job.notice and job.finished_ok:
+            st.info(job.notice)
+        _cv_chart(job)
+        _batch_chart(job)
+        _epoch_chart(job)
+
+
+def _draw_jobs(jobs: list[Job]) -> None:
+    for job in reversed(jobs):
+        _job_box(job)
+
+
+@st.fragment(run_every=2)
+def _live_jobs() -> None:
+    """Redraws this session's jobs every 2 s while one of them is active."""
+    jobs = _ui.my_jobs()
+    _draw_jobs(jobs)
+    if not any(j.active for j in jobs):
+        st.rerun()  # all finished: redraw the whole page and the sidebar's models
+
+
+jobs = _ui.my_jobs()
+if jobs:
+    st.subheader("Training runs")
+    if any(j.active for j in jobs):
+        _live_jobs()
+    else:
+        _draw_jobs(jobs)
+        st.page_link(
+            "pages/compare.py",
+            label="Next: compare the models",
+            icon=":material/arrow_forward:",
+        )

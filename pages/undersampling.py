@@ -1,0 +1,147 @@
+"""Undersampling: choose which background pixels the models train on, and see them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages import _ui
+from vessel_core import sampling
+
+FRACTIONS = ("drop_fraction", "near_share")
+HELP = {
+    "drop_fraction": "Share of the background pixels left out.",
+    "near_share": "Of the background kept, the share taken near the vessels.",
+    "band_width": "Pixels from a vessel that count as near it.",
+    "background_per_vessel": "Background pixels kept per vessel pixel.",
+    "max_per_case": "Most pixels taken from one image.",
+}
+
+st.title("2. Undersampling")
+st.markdown(
+    "Vessels are about a tenth of the field of view: a model trained on every pixel "
+    "learns mostly background. Choose what part of the background it sees. The "
+    "choice is kept and used by the **Train** page."
+)
+
+_ui.require_cases(need_masks=True)
+train = _ui.train_cases()
+if not train:
+    st.warning(
+        "No training case has a vessel mask. Put some cases with masks on the "
+        "train side (Data page, *split* column)."
+    )
+    st.stop()
+
+choice = _ui.sampling_choice()
+names = list(sampling.STRATEGIES)
+left, right = st.columns([1, 2])
+with left:
+    strategy = st.selectbox(
+        "Strategy",
+        names,
+        index=names.index(choice["strategy"]),
+        key="us_strategy",
+        format_func=lambda s: s.replace("_", " "),
+    )
+    st.caption(sampling.DESCRIPTIONS[strategy])
+    stored = choice["settings"] if strategy == choice["strategy"] else {}
+    settings = {}
+    for name, default in sampling.STRATEGIES[strategy].items():
+        value = stored.get(name, default)
+        label = name.replace("_", " ")
+        key = f"us_{strategy}_{name}"
+        if name in FRACTIONS:
+            settings[name] = st.slider(
+                label, 0.0, 1.0, float(value), 0.05, key=key, help=HELP.get(name)
+            )
+        elif isinstance(default, int):
+            settings[name] = int(
+                st.number_input(
+                    label, 1, None, int(value), 1, key=key, help=HELP.get(name)
+                )
+            )
+        else:
+            settings[name] = float(
+                st.number_input(
+                    label, 0.0, None, float(value), 0.5, key=key, help=HELP.get(name)
+                )
+            )
+    seed = int(st.number_input("Random seed", 0, None, choice["seed"], key="us_seed"))
+
+st.session_state[_ui.SAMPLING] = {
+    "strategy": strategy,
+    "settings": settings,
+    "seed": seed,
+}
+
+try:
+    selection = _ui.current_selection()
+except ValueError as exc:
+    _ui.show_error(exc, "Undersampling")
+    st.stop()
+
+with right:
+    ids = list(selection.per_case)
+    case_id = st.selectbox("Image", ids, key="us_case")
+    case = next(c for c in train if c.id == case_id)
+    st.image(
+        sampling.overlay(case, selection.per_case[case_id]),
+        caption=f"Case {case_id}: the pixels a model would train on",
+        width="stretch",
+    )
+    _ui.colour_legend(
+        sampling.OVERLAY_COLOURS,
+        {
+            "vessel": "vessel",
+            "kept": "kept background",
+            "dropped": "dropped background",
+        },
+    )
+
+
+def _counts_figure(rows: list[dict], title: str, height: int = 380) -> go.Figure:
+    """Stacked bars: each bar is the FOV before, its coloured parts what is kept."""
+    df = pd.DataFrame(rows)
+    parts = [
+        ("vessel kept", df.vessel_after, sampling.OVERLAY_COLOURS["vessel"]),
+        ("vessel dropped", df.vessel_before - df.vessel_after, (255, 170, 170)),
+        ("background kept", df.background_after, sampling.OVERLAY_COLOURS["kept"]),
+        (
+            "background dropped",
+            df.background_before - df.background_after,
+            sampling.OVERLAY_COLOURS["dropped"],
+        ),
+    ]
+    fig = _ui.line_figure(title, "", "pixels", height=height)
+    for name, values, colour in parts:
+        if name == "vessel dropped" and not values.any():
+            continue
+        fig.add_bar(x=df.case, y=values, name=name, marker_color=f"rgb{colour}")
+    fig.update_layout(barmode="stack")
+    return fig
+
+
+rows = selection.counts_table()
+per_case, total = rows[:-1], rows[-1]
+totals_after = selection.totals("after")
+kept = totals_after["vessel"] + totals_after["background"]
+before = total["vessel_before"] + total["background_before"]
+st.subheader("Class counts before and after")
+st.markdown(
+    f"Training pixels: **{kept:,}** of {before:,} in the FOVs "
+    f"({kept / before:.0%}); vessel share **{total['vessel_before'] / before:.0%}** "
+    f"before, **{totals_after['vessel'] / max(kept, 1):.0%}** after."
+)
+chart, summary = st.columns([3, 1])
+with chart:
+    _ui.plot(_counts_figure(per_case, "Per case (whole bar: the FOV before)"))
+with summary:
+    _ui.plot(_counts_figure([total], "All training cases"))
+with st.expander("Counts as a table"):
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+if selection.skipped:
+    st.caption(f"Without a vessel mask, not sampled: {', '.join(selection.skipped)}")
+
+st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")

@@ -1,0 +1,187 @@
+"""The app's pages through Streamlit's AppTest: widgets driven by key.
+
+Each test starts a fresh app session on the built-in sample or on two DRIVE cases;
+models are saved into a temporary folder ($VESSEL_MODELS_DIR).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from vessel_core import samples
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+DRIVE_FILES = (
+    "training/images/21_training.tif",
+    "training/1st_manual/21_manual1.gif",
+    "training/mask/21_training_mask.gif",
+    "test/images/01_test.tif",
+    "test/1st_manual/01_manual1.gif",
+    "test/mask/01_test_mask.gif",
+)
+
+
+@pytest.fixture(autouse=True)
+def models_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return samples.builtin_sample()
+
+
+@pytest.fixture
+def drive_uploads(drive_root):
+    """Two DRIVE cases (21 train, 01 test) as a browser uploads them: bare names."""
+    return [
+        (Path(name).name, (drive_root / name).read_bytes(), "image/tiff")
+        for name in DRIVE_FILES
+    ]
+
+
+def app(page: str | None = None, **state) -> AppTest:
+    """A fresh app session, with ``state`` in session_state, run on ``page``."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def test_home_says_what_to_do_and_the_sidebar_shows_the_data(sample):
+    at = app()
+    assert "Retinal vessel extraction" in texts(at.title)
+    assert "Data" in texts(at.markdown)
+    assert "Nothing yet." in texts(at.sidebar.markdown)
+
+    at = app(cases=sample, dataset="built-in sample")
+    sidebar = texts(at.sidebar.markdown)
+    assert "5 cases" in sidebar and "3 train / 2 test" in sidebar
+    assert "1 without a vessel mask" in sidebar
+
+
+def test_data_page_loads_the_builtin_sample_and_keeps_a_split_change():
+    at = app("pages/data.py")
+    at.button(key="load_sample").click().run()
+    assert not at.exception
+    assert "Loaded 5 cases" in texts(at.success)
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [
+        "synth-01",
+        "synth-02",
+        "synth-03",
+        "synth-04",
+        "retina",
+    ]
+    assert list(table["split"]) == ["train", "train", "train", "test", "test"]
+    assert table.loc[4, "vessel mask"] == "none" and table.loc[4, "FOV estimated"]
+
+    # move synth-01 to test through the editor's edit state
+    at.session_state["split_editor_1"] = {
+        "edited_rows": {0: {"split": "test"}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    cases = at.session_state["cases"]
+    assert [c.split for c in cases] == ["test", "train", "train", "test", "test"]
+
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/data.py").run()
+    assert list(at.dataframe[0].value["split"])[:2] == ["test", "train"]
+
+
+def test_data_page_pairs_uploaded_drive_files_and_lists_refused_ones(drive_uploads):
+    at = app("pages/data.py")
+    at.radio(key="data_source").set_value("Upload files").run()
+    uploads = [*drive_uploads, ("notes.txt", b"not an image", "text/plain")]
+    at.file_uploader(key="upload_files").set_value(uploads).run()
+    at.button(key="load_uploads").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+
+    assert "Loaded 2 cases (DRIVE): 1 train, 1 test." in texts(at.success)
+    cases, refused = at.dataframe[0].value, at.dataframe[1].value
+    assert list(cases["id"]) == ["01", "21"]
+    assert list(cases["size"]) == ["565 x 584", "565 x 584"]
+    assert list(cases["FOV mask"]) == ["01_test_mask.gif", "21_training_mask.gif"]
+    assert list(refused["file"]) == ["upload:notes.txt"]
+    assert "not an image" in refused.loc[0, "why"]
+
+
+def test_data_page_names_a_bad_file_and_keeps_what_was_loaded(sample):
+    at = app("pages/data.py", cases=sample, dataset="built-in sample")
+    at.radio(key="data_source").set_value("Upload files").run()
+    at.file_uploader(key="upload_files").set_value(
+        [("21_training.tif", b"garbage", "image/tiff")]
+    ).run()
+    at.button(key="load_uploads").click().run()
+    assert not at.exception
+    assert "21_training.tif" in texts(at.error)
+    assert len(at.session_state["cases"]) == 5
+
+
+def test_data_page_opens_a_server_folder_only_under_the_data_folder(
+    drive_root, tmp_path, monkeypatch
+):
+    # a DRIVE-shaped folder holding two cases, under an allowed data folder
+    data = tmp_path / "data"
+    for name in DRIVE_FILES:
+        target = data / "DRIVE2" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((drive_root / name).read_bytes())
+    monkeypatch.setenv("VESSEL_DATA_DIR", str(data))
+
+    at = app("pages/data.py")
+    at.radio(key="data_source").set_value("Folder on the server").run()
+    at.text_input(key="server_folder").set_value("../..").run()
+    at.button(key="load_folder").click().run()
+    assert "outside the data folder" in texts(at.error)
+    assert "cases" not in at.session_state
+
+    at.text_input(key="server_folder").set_value("DRIVE2").run()
+    at.button(key="load_folder").click().run()
+    assert not at.error, texts(at.error)
+    assert "Loaded 2 cases (DRIVE)" in texts(at.success)
+
+
+def test_undersampling_page_stores_the_choice_and_counts_the_pixels(sample):
+    at = app("pages/undersampling.py", cases=sample, dataset="built-in sample")
+    assert not at.error
+    assert at.selectbox(key="us_strategy").value == "near_vessels"
+
+    at.selectbox(key="us_strategy").set_value("ratio").run()
+    at.number_input(key="us_ratio_background_per_vessel").set_value(2.0).run()
+    at.number_input(key="us_ratio_max_per_case").set_value(3000).run()
+    assert not at.exception
+    choice = at.session_state["sampling_choice"]
+    assert choice == {
+        "strategy": "ratio",
+        "settings": {"background_per_vessel": 2.0, "max_per_case": 3000},
+        "seed": 0,
+    }
+    # 3 training cases, each capped at 3000 pixels: 1000 vessel + 2000 background
+    assert "Training pixels: **9,000**" in texts(at.markdown)
+    assert "vessel share" in texts(at.markdown) and "**33%** after" in texts(
+        at.markdown
+    )
+    assert len(at.get("plotly_chart")) == 2
+
+    # the choice survives a page switch
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/undersampling.py").run()
+    assert at.selectbox(key="us_strategy").value == "ratio"
+    assert at.number_input(key="us_ratio_max_per_case").value == 3000
