@@ -26,5 +26,8 @@ page = st.navigation(
         st.Page("pages/results.py", title="5. Results", icon=":material/image:"),
     ]
 )
-_ui.sidebar()
-page.run()
+try:
+    page.run()
+finally:
+    # drawn after the page, so it shows what the page just loaded or trained
+    _ui.sidebar()

@@ -100,7 +100,7 @@ table = pd.DataFrame(rows).set_index("model")
 shown = table.map(_ui.fmt)
 if "seconds_per_image" in shown:
     shown["seconds_per_image"] = table["seconds_per_image"].map(lambda s: _ui.fmt(s, 2))
-st.dataframe(shown, key="cmp_table")
+st.table(shown)
 
 base_acc = reports[compare.ALL_BACKGROUND].pooled["accuracy"]
 st.warning(

@@ -108,14 +108,14 @@ def _table(cases: list[Case]) -> pd.DataFrame:
             "vessels": [
                 render.data_uri(c.vessel_mask) if c.has_mask else None for c in cases
             ],
+            "split": [c.split for c in cases],
+            "size": [f"{c.shape[1]} x {c.shape[0]}" for c in cases],
+            "FOV estimated": [c.fov_estimated for c in cases],
             "image": [_name(c, "image") for c in cases],
             "vessel mask": [_name(c, "vessel_mask") or "none" for c in cases],
             "FOV mask": [
                 "estimated" if c.fov_estimated else _name(c, "fov_mask") for c in cases
             ],
-            "size": [f"{c.shape[1]} x {c.shape[0]}" for c in cases],
-            "split": [c.split for c in cases],
-            "FOV estimated": [c.fov_estimated for c in cases],
         }
     )
 
@@ -133,7 +133,7 @@ if loaded:
         row_height=70,
         column_config={
             "thumbnail": st.column_config.ImageColumn("image", width="small"),
-            "vessels": st.column_config.ImageColumn("vessel mask", width="small"),
+            "vessels": st.column_config.ImageColumn("mask", width="small"),
             "image": st.column_config.TextColumn("image file"),
             "vessel mask": st.column_config.TextColumn("vessel mask file"),
             "split": st.column_config.SelectboxColumn(

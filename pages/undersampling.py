@@ -89,7 +89,7 @@ with right:
     st.image(
         sampling.overlay(case, selection.per_case[case_id]),
         caption=f"Case {case_id}: the pixels a model would train on",
-        width="stretch",
+        width=560,
     )
     _ui.colour_legend(
         sampling.OVERLAY_COLOURS,
@@ -101,7 +101,9 @@ with right:
     )
 
 
-def _counts_figure(rows: list[dict], title: str, height: int = 380) -> go.Figure:
+def _counts_figure(
+    rows: list[dict], title: str, height: int = 380, legend: bool = True
+) -> go.Figure:
     """Stacked bars: each bar is the FOV before, its coloured parts what is kept."""
     df = pd.DataFrame(rows)
     parts = [
@@ -119,7 +121,7 @@ def _counts_figure(rows: list[dict], title: str, height: int = 380) -> go.Figure
         if name == "vessel dropped" and not values.any():
             continue
         fig.add_bar(x=df.case, y=values, name=name, marker_color=f"rgb{colour}")
-    fig.update_layout(barmode="stack")
+    fig.update_layout(barmode="stack", showlegend=legend)
     return fig
 
 
@@ -138,7 +140,7 @@ chart, summary = st.columns([3, 1])
 with chart:
     _ui.plot(_counts_figure(per_case, "Per case (whole bar: the FOV before)"))
 with summary:
-    _ui.plot(_counts_figure([total], "All training cases"))
+    _ui.plot(_counts_figure([total], "All training cases", legend=False))
 with st.expander("Counts as a table"):
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 if selection.skipped:

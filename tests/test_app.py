@@ -185,3 +185,40 @@ def test_undersampling_page_stores_the_choice_and_counts_the_pixels(sample):
     at.switch_page("pages/undersampling.py").run()
     assert at.selectbox(key="us_strategy").value == "ratio"
     assert at.number_input(key="us_ratio_max_per_case").value == 3000
+
+
+@pytest.mark.parametrize("address, allowed", [("127.0.0.1", True), ("0.0.0.0", False)])
+def test_server_folders_are_off_when_listening_beyond_this_machine(
+    address, allowed, monkeypatch
+):
+    from streamlit import config
+
+    from pages import _ui
+
+    monkeypatch.delenv("VESSEL_DATA_DIR", raising=False)
+    before = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        root = _ui.data_root()
+    finally:
+        config.set_option("server.address", before)
+    assert (
+        (root == (ROOT.parent / "shared" / "data").resolve())
+        if allowed
+        else root is None
+    )
+
+
+def test_allowed_folder_refuses_links_out_of_the_data_folder(tmp_path):
+    from pages import _ui
+
+    (tmp_path / "data" / "DRIVE").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "data" / "sneaky").symlink_to(tmp_path / "outside")
+    root = (tmp_path / "data").resolve()
+    assert _ui.allowed_folder("DRIVE", root) == root / "DRIVE"
+    assert _ui.allowed_folder(str(root / "DRIVE"), root) == root / "DRIVE"
+    with pytest.raises(ValueError, match="outside the data folder"):
+        _ui.allowed_folder("sneaky", root)
+    with pytest.raises(ValueError, match="does not exist"):
+        _ui.allowed_folder("STARE", root)
