@@ -390,30 +390,61 @@ def settings_widgets(
     defaults: dict[str, Any],
     choices: dict[str, Any],
     key_prefix: str,
+    main: Sequence[str] | None = None,
+    hints: dict[str, tuple[Any, str]] | None = None,
     help_texts: dict[str, str] | None = None,
     columns: int = 3,
 ) -> dict[str, Any]:
     """One widget per setting, typed by its default; returns the chosen settings.
 
-    ``choices[name]`` is a list of allowed values (a select box; a multiselect when
-    the default is a list) or a ``(low, high)`` pair of numbers (a slider range for
-    a list default of two numbers, bounds otherwise).
+    Parameters
+    ----------
+    defaults : dict
+        Setting name to default value (None: "decided by the model", e.g. preset).
+    choices : dict
+        ``choices[name]``: the allowed values (a select box; a multiselect when the
+        default is a list) or a ``(low, high)`` pair of numbers (a slider for a
+        list default of two numbers, bounds otherwise).
+    key_prefix : str
+        Widget keys are ``<key_prefix>_<name>``.
+    main : sequence of str, optional
+        Settings shown first; the others go in a "More settings" expander.
+    hints : dict, optional
+        For a None default, ``(example value, placeholder text)``: the example
+        gives the widget's type, the text says what an empty field means.
     """
+    hints = hints or {}
     help_texts = help_texts or {}
+    names = list(defaults)
+    first = [n for n in (main or names) if n in defaults]
+    rest = [n for n in names if n not in first]
     out: dict[str, Any] = {}
-    cols = st.columns(columns)
-    for i, (name, default) in enumerate(defaults.items()):
-        label = name.replace("_", " ")
-        key = f"{key_prefix}_{name}"
-        allowed = choices.get(name)
-        tip = help_texts.get(name)
-        with cols[i % columns]:
-            out[name] = _one_setting(label, key, default, allowed, tip)
+
+    def draw(group: list[str]) -> None:
+        cols = st.columns(columns)
+        for i, name in enumerate(group):
+            with cols[i % columns]:
+                out[name] = _one_setting(
+                    name.replace("_", " "),
+                    f"{key_prefix}_{name}",
+                    defaults[name],
+                    choices.get(name),
+                    hints.get(name),
+                    help_texts.get(name),
+                )
+
+    draw(first)
+    if rest:
+        with st.expander("More settings"):
+            draw(rest)
     return out
 
 
-def _one_setting(label: str, key: str, default: Any, allowed: Any, tip: str | None):
+def _one_setting(label, key, default, allowed, hint, tip):
+    """One widget for one setting (see `settings_widgets`)."""
     is_range = isinstance(allowed, tuple) and len(allowed) == 2
+    if default is None:
+        return _optional_setting(label, key, allowed, hint, tip)
     if isinstance(default, bool):
         return st.checkbox(label, value=default, key=key, help=tip)
     if isinstance(default, list | tuple):
@@ -434,7 +465,9 @@ def _one_setting(label: str, key: str, default: Any, allowed: Any, tip: str | No
     if allowed is not None and not is_range:
         options = list(allowed)
         index = options.index(default) if default in options else 0
-        return st.selectbox(label, options, index=index, key=key, help=tip)
+        return st.selectbox(
+            label, options, index=index, key=key, help=tip, format_func=str
+        )
     if isinstance(default, int):
         low, high = allowed if is_range else (0, None)
         return int(
@@ -464,6 +497,64 @@ def _one_setting(label: str, key: str, default: Any, allowed: Any, tip: str | No
     return st.text_input(label, str(default), key=key, help=tip)
 
 
+def _optional_setting(label, key, allowed, hint, tip):
+    """A setting whose default is None: an empty widget means None."""
+    example, placeholder = hint if hint else (None, "")
+    if allowed is not None:
+        return st.selectbox(
+            label,
+            [None, *allowed],
+            key=key,
+            help=tip,
+            format_func=lambda v: placeholder or "default" if v is None else str(v),
+        )
+    if isinstance(example, bool):
+        return st.selectbox(
+            label,
+            [None, True, False],
+            key=key,
+            help=tip,
+            format_func=lambda v: placeholder or "default" if v is None else str(v),
+        )
+    if isinstance(example, int):
+        value = st.number_input(
+            label,
+            min_value=0,
+            value=None,
+            step=1,
+            key=key,
+            help=tip,
+            placeholder=placeholder,
+        )
+        return None if value is None else int(value)
+    if isinstance(example, float):
+        value = st.number_input(
+            label,
+            min_value=0.0,
+            value=None,
+            key=key,
+            help=tip,
+            format="%g",
+            placeholder=placeholder,
+        )
+        return None if value is None else float(value)
+    text = st.text_input(label, "", key=key, help=tip, placeholder=placeholder)
+    return _parse_scalar(text)
+
+
+def _parse_scalar(text: str) -> Any:
+    """ "" -> None, "3" -> 3, "0.5" -> 0.5, anything else stays text."""
+    text = text.strip()
+    if not text:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _parse_list(text: str, default: Sequence[Any], label: str) -> list[Any]:
     kind: Callable[[str], Any] = type(default[0]) if default else str
     try:
@@ -471,9 +562,3 @@ def _parse_list(text: str, default: Sequence[Any], label: str) -> list[Any]:
     except ValueError:
         st.error(f"{label}: expected a comma-separated list like {list(default)}")
         st.stop()
-
-
-def model_notes(cls) -> list[str]:
-    """Lines a model class wants shown before training (``cls.notes()``, if any)."""
-    notes = getattr(cls, "notes", None)
-    return [str(n) for n in notes()] if callable(notes) else []

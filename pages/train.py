@@ -8,6 +8,8 @@ from pages import _ui
 from vessel_core import store
 from vessel_core.jobs import FAILED, STOPPED, Job
 
+EPOCH_SHOWN = ("dice", "f1", "sensitivity", "specificity", "auc_roc")
+
 st.title("3. Train")
 
 _ui.require_cases(need_masks=True)
@@ -33,18 +35,62 @@ except (ImportError, ValueError) as exc:
     _ui.show_error(exc, f"Loading the {_ui.KIND_LABELS[kind]} code")
     st.stop()
 
+#: Settings shown up front per kind (the others go under "More settings").
+MAIN_SETTINGS = {
+    "resnet34": [
+        "preset",
+        "crop_size",
+        "epochs",
+        "lr",
+        "batch_size",
+        "input",
+        "pretrained",
+        "max_minutes",
+    ],
+}
+EXTRA_CHOICES = {"resnet34": {"pretrained": ["auto", True, False]}}
+
+
+def _hints(kind: str) -> dict:
+    """For settings left to a preset: their type and what each preset uses."""
+    if kind != "resnet34":
+        return {}
+    from vessel_core.resnet import PRESETS
+
+    quick, full = PRESETS["quick"], PRESETS["full"]
+    return {
+        name: (quick[name], f"from the preset (quick {quick[name]}, full {full[name]})")
+        for name in quick
+    }
+
+
+def _model_notes(kind: str) -> list[str]:
+    if kind != "resnet34":
+        return []
+    from vessel_core._resnet_net import imagenet_weight_file
+
+    path = imagenet_weight_file()
+    if path.is_file():
+        return [f"ImageNet weights for the encoder found at `{path}`: used by 'auto'."]
+    return [
+        f"No local ImageNet weight file (`{path}`): the encoder starts from random "
+        "weights (nothing is downloaded). Expect lower scores from a quick run."
+    ]
+
+
 doc = (cls.__doc__ or "").strip().split("\n\n")[0]
 if doc:
     st.caption(" ".join(doc.split()))
-for line in _ui.model_notes(cls):
+for line in _model_notes(kind):
     st.info(line)
 
-with st.form("train_form", border=True):
+with st.form(f"train_form_{kind}", border=True):
     settings = _ui.settings_widgets(
         cls.default_settings(),
-        getattr(cls, "SETTING_CHOICES", {}),
+        {**getattr(cls, "SETTING_CHOICES", {}), **EXTRA_CHOICES.get(kind, {})},
         key_prefix=f"train_{kind}",
-        help_texts=getattr(cls, "SETTING_HELP", {}),
+        main=MAIN_SETTINGS.get(kind),
+        hints=_hints(kind),
     )
     dataset = st.session_state.get(_ui.DATASET, "data").replace(" ", "-")
     name = st.text_input("Save as", f"{kind}-{dataset}", key=f"train_name_{kind}")
@@ -118,7 +164,9 @@ def _epoch_chart(job: Job) -> None:
     if not events:
         return
     fig = _ui.line_figure("Validation per epoch", "epoch", "score")
-    names = [k for k in events[-1].metrics if k not in ("epoch", "loss", "lr")]
+    names = [k for k in EPOCH_SHOWN if k in events[-1].metrics]
+    if "dice" in names and "f1" in names:
+        names.remove("f1")  # the same figure under two names
     for metric in names:
         points = [(e.done, e.metrics[metric]) for e in events if metric in e.metrics]
         fig.add_scatter(
