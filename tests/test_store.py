@@ -61,14 +61,16 @@ def test_builtin_kinds_stay_known_after_a_custom_kind():
 def test_failed_save_keeps_the_previous_model(tmp_path):
     store.save_model(TinyModel([1.0]), tmp_path / "m")
     with pytest.raises(OSError, match="No space"):
-        store.save_model(TinyModel([9.0], fail_on_save=True), tmp_path / "m")
+        store.save_model(
+            TinyModel([9.0], fail_on_save=True), tmp_path / "m", overwrite=True
+        )
     np.testing.assert_array_equal(store.load_model(tmp_path / "m").values, [1.0])
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
 def test_replacing_a_model_leaves_no_trash(tmp_path):
     store.save_model(TinyModel([1.0]), tmp_path / "m")
-    store.save_model(TinyModel([2.0]), tmp_path / "m")
+    store.save_model(TinyModel([2.0]), tmp_path / "m", overwrite=True)
     np.testing.assert_array_equal(store.load_model(tmp_path / "m").values, [2.0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 

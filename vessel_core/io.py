@@ -6,14 +6,19 @@ ZIP archive or a list of uploaded files; `discover` and `load_files` find its
 layout (DRIVE, STARE, CHASE_DB1, HRF or generic), pair every image with its vessel
 mask and FOV mask by the case id in the file names, check that the sizes agree and
 report every file that found no partner.
+
+Every `LoadError` names the file, says what is wrong and what to do. Limits
+(module constants): `MAX_PIXELS` per image, checked from the header before
+decoding; `MAX_UNPACKED_BYTES` and `MAX_UNPACK_RATIO` for ZIP and gzip data.
+File names are kept as plain strings; `display_name` gives one fit to show.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import re
+import unicodedata
 import warnings
 import zipfile
 import zlib
@@ -38,14 +43,102 @@ _IMAGE_EXTENSIONS = (
     ".tif", ".tiff", ".gif", ".png", ".jpg", ".jpeg", ".jpe", ".bmp",
     ".ppm", ".pgm", ".pbm", ".pnm",
 )  # fmt: skip
-_MAX_ZIP_BYTES = 4 << 30
 _BMP_HEADER_SIZES = {n.to_bytes(4, "little") for n in (12, 40, 52, 56, 64, 108, 124)}
+_OTHER_ARCHIVES = {
+    b"7z\xbc\xaf\x27\x1c": "7z",
+    b"Rar!\x1a\x07": "RAR",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+}
 
 ROLES = ("image", "vessel_mask", "fov_mask", "second_observer")
+
+#: The most pixels (width x height) an image or mask may have; larger files are
+#: refused from their header, before any decoding. HRF, the largest public fundus
+#: dataset, has 3504 x 2336 = 8.2 megapixels.
+MAX_PIXELS = 40_000_000
+
+#: The most bytes a ZIP archive (all its members together) or a gzip file may
+#: unpack to.
+MAX_UNPACKED_BYTES = 2 << 30
+
+#: The most a ZIP member, a whole ZIP archive or a gzip file may grow when
+#: unpacked, as unpacked size over packed size; checked once the unpacked size
+#: passes `UNPACK_RATIO_FLOOR` (an uncompressed mask, mostly black, packs very
+#: well and is no threat while small).
+MAX_UNPACK_RATIO = 100
+
+#: Unpacked sizes up to this many bytes are never refused for their ratio.
+UNPACK_RATIO_FLOOR = 64 << 20
 
 
 class LoadError(ValueError):
     """A file or dataset that cannot be read; the message names the file(s)."""
+
+
+# What to do about each kind of problem: every LoadError ends with one of these.
+_WHAT_TO_DO = {
+    "missing": "check the name and the folder",
+    "unreadable": "check that the file can be read (permissions, a mounted disk)",
+    "empty": "the copy or upload did not finish; give the file again",
+    "format": f"expected {FORMATS}; save or export the file in one of these",
+    "corrupt": "the file is damaged or incomplete; copy or export it again",
+    "too_large": "downscale it, or crop it to the field of view",
+    "size": "give the mask drawn on this very image; masks are never resized",
+    "archive": "rebuild the archive with relative member names (no '..')",
+    "unpack": "rebuild the archive without a password, with plain deflate",
+    "bomb": "if the data is genuine, unpack it yourself and give the folder",
+    "nothing": "give fundus images, with vessel masks for training",
+}
+
+
+def _load_error(message: str, kind: str) -> LoadError:
+    """``message`` (naming the file and what is wrong) plus what to do about it."""
+    return LoadError(f"{message}; {_WHAT_TO_DO[kind]}")
+
+
+def display_name(name: str, max_length: int = 120) -> str:
+    """A file name fit to show: no folders, no control characters.
+
+    Parameters
+    ----------
+    name : str
+        A path, an upload name or a ``Case.sources`` entry (``"upload:..."``,
+        ``"zip:archive.zip/member"``).
+    max_length : int, default=120
+        Longer names keep their start and their end (the extension) around an
+        ellipsis.
+
+    Returns
+    -------
+    str
+        The last part of the path, without control, format (bidirectional
+        overrides, zero-width) or line-separator characters; ``"(no name)"`` when
+        nothing is left.
+
+    Notes
+    -----
+    The result is still plain text: HTML or Markdown in it (``<img src=x>``) is
+    kept as it is. Show it with ``st.text``, or escape it, never as HTML.
+    """
+    text = str(name)
+    for prefix in ("upload:", "zip:"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    parts = [part for part in re.split(r"[\\/]", text) if part]
+    text = parts[-1] if parts else ""
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE)
+    text = text.strip()
+    if len(text) > max_length:
+        head = (max_length - 1) // 2
+        text = text[:head] + "\u2026" + text[len(text) - (max_length - 1 - head) :]
+    return text or "(no name)"
+
+
+# control, format (bidi overrides, zero-width), line and paragraph separators,
+# private use and lone surrogates
+_INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Co", "Cs"}
 
 
 @dataclass(frozen=True)
@@ -119,7 +212,8 @@ def read_image(source: Source, name: str | None = None) -> NDArray[np.uint8]:
     Raises
     ------
     LoadError
-        The file is missing, empty, truncated, or not in a known format.
+        The file is missing, empty, truncated, not in a known format, or larger
+        than `MAX_PIXELS` (refused from its header, before decoding).
 
     Notes
     -----
@@ -131,6 +225,11 @@ def read_image(source: Source, name: str | None = None) -> NDArray[np.uint8]:
     their top 8 bits (a fixed range, not the real one); a warning says so. Only
     the first frame of a multi-frame file is read, and EXIF orientation is not
     applied (masks carry none, and must stay aligned with their image).
+
+    Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 megapixels,
+    left as it is) is above `MAX_PIXELS`: between it and twice it, Pillow warns
+    (``DecompressionBombWarning``) while reading the header, just before this
+    refusal; past twice it, its error becomes the same `LoadError`.
     """
     pil, label, fmt, wide_colour = _open(source, name)
     with pil:
@@ -171,7 +270,8 @@ def read_mask(source: Source, name: str | None = None) -> NDArray[np.bool_]:
     Raises
     ------
     LoadError
-        The file is missing, empty, truncated, or not in a known format.
+        The file is missing, empty, truncated, not in a known format, or larger
+        than `MAX_PIXELS` (refused from its header, before decoding).
 
     Notes
     -----
@@ -197,15 +297,15 @@ def read_mask(source: Source, name: str | None = None) -> NDArray[np.bool_]:
     Inverted masks (black vessels on white) cannot be told from the file; masks
     are never resized.
     """
-    pil, _, fmt, _ = _open(source, name)
+    pil, label, fmt, _ = _open(source, name)
     with pil:
         if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-            return _threshold(np.asarray(pil), lossless=True)
+            return _threshold(np.asarray(pil), lossless=True, label=label)
 
         if pil.mode == "1":
             return np.asarray(pil.convert("L")) >= 128
         if pil.mode == "L":
-            return _threshold(np.asarray(pil), lossless=fmt != "JPEG")
+            return _threshold(np.asarray(pil), lossless=fmt != "JPEG", label=label)
 
         if pil.mode in ("P", "PA"):
             has_alpha = pil.mode == "PA" or "transparency" in pil.info
@@ -227,7 +327,7 @@ def read_mask(source: Source, name: str | None = None) -> NDArray[np.bool_]:
             return alpha >= 128
         return (grey >= 128) & (alpha >= 128)
 
-    return _threshold(grey, lossless=False)
+    return _threshold(grey, lossless=False, label=label)
 
 
 def sniff(head: bytes) -> str | None:
@@ -274,63 +374,177 @@ def _read_bytes(source: Source, label: str) -> bytes:
         try:
             data = Path(source).read_bytes()
         except FileNotFoundError:
-            raise LoadError(f"{label!r}: no such file") from None
+            raise _load_error(f"{label!r}: no such file", "missing") from None
         except IsADirectoryError:
-            raise LoadError(f"{label!r}: is a folder, expected an image file") from None
+            raise LoadError(
+                f"{label!r}: is a folder, expected an image file; give one file, "
+                "or the folder to discover()"
+            ) from None
         except OSError as exc:
-            raise LoadError(f"{label!r}: cannot be read ({exc.strerror})") from None
+            raise _load_error(
+                f"{label!r}: cannot be read ({exc.strerror})", "unreadable"
+            ) from None
     else:
         raise TypeError(
             f"source must be a path or bytes, got {type(source).__name__} for {label!r}"
         )
 
     if not data:
-        raise LoadError(f"{label!r}: empty file (0 bytes), expected an image")
+        raise _load_error(
+            f"{label!r}: empty file (0 bytes), expected an image", "empty"
+        )
     if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise LoadError(
-                f"{label!r}: truncated or corrupt gzip data ({exc})"
-            ) from None
+        data = _gunzip(data, label)
         if not data:
-            raise LoadError(f"{label!r}: gzip file holds no data, expected an image")
+            raise _load_error(
+                f"{label!r}: gzip file holds no data, expected an image", "empty"
+            )
     return data
 
 
-def _describe_unknown(data: bytes) -> str:
-    """A few words on content that is no known image format."""
-    head = data[:64]
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and text.isprintable() or (text and "\n" in text):
+def _unpack_limit(packed: int) -> int:
+    """The most bytes ``packed`` bytes of ZIP or gzip data may unpack to."""
+    return min(MAX_UNPACKED_BYTES, max(UNPACK_RATIO_FLOOR, MAX_UNPACK_RATIO * packed))
+
+
+def _check_unpacked(label: str, packed: int, unpacked: int, more: bool = False) -> None:
+    """LoadError when ``unpacked`` bytes (at least, if ``more``) exceed the limit."""
+    if unpacked <= _unpack_limit(packed):
+        return
+    size = ("more than " if more else "") + _size_text(unpacked)
+    if unpacked > MAX_UNPACKED_BYTES:
+        why = (
+            f"over the {_size_text(MAX_UNPACKED_BYTES)} allowed (io.MAX_UNPACKED_BYTES)"
+        )
+    else:
+        ratio = unpacked / max(packed, 1)
+        why = (
+            f"{'over ' if more else ''}{ratio:.0f} times its packed size "
+            f"({_size_text(packed)}), past the {MAX_UNPACK_RATIO}x allowed above "
+            f"{_size_text(UNPACK_RATIO_FLOOR)} (io.MAX_UNPACK_RATIO)"
+        )
+    raise _load_error(
+        f"{label!r}: unpacks to {size}, {why}: refused as a possible "
+        "decompression bomb",
+        "bomb",
+    )
+
+
+def _size_text(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _gunzip(data: bytes, label: str) -> bytes:
+    """Decompress gzip data (every member), never past `_unpack_limit`."""
+    limit = _unpack_limit(len(data))
+    parts: list[bytes] = []
+    size = 0
+    rest = data
+    while rest[:2] == _GZIP_MAGIC:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflate.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise _load_error(
+                f"{label!r}: truncated or corrupt gzip data ({exc})", "corrupt"
+            ) from None
+        size += len(part)
+        _check_unpacked(label, len(data), size, more=True)
+        if not inflate.eof:
+            raise _load_error(
+                f"{label!r}: truncated or corrupt gzip data (the stream ends early)",
+                "corrupt",
+            )
+        parts.append(part)
+        rest = inflate.unused_data
+    return b"".join(parts)
+
+
+def _describe_unknown(head: bytes) -> str:
+    """A few words on content (its first bytes) that is no known image format."""
+    head = head[:64]
+    if not head:
+        return "not an image: no content (an empty file, or gzip data that fails)"
+    text = None
+    for cut in range(4):  # the 64 bytes may end inside a UTF-8 character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    if text and (text.isprintable() or "\n" in text or "\t" in text):
         return f"not an image: the content is text ({text[:24]!r}...)"
     if head[:4] in _ZIP_MAGICS:
-        return "a ZIP archive, not an image (give it to discover() or load_files())"
-    return f"unknown format (first bytes {head[:8].hex(' ')})"
+        return (
+            "a ZIP archive, not an image: give it to discover() or load_files(), "
+            "which open archives (only at the top, never inside another archive)"
+        )
+    for magic, kind in _OTHER_ARCHIVES.items():
+        if head.startswith(magic):
+            return (
+                f"not an image: a {kind} archive (only ZIP archives are opened); "
+                "unpack it and give its files"
+            )
+    return f"not an image: unknown format (first bytes {head[:8].hex(' ')})"
 
 
 def _open(source: Source, name: str | None) -> tuple[Image.Image, str, str, bool]:
-    """Decode the file with Pillow: (image, label, format, 16-bit colour?)."""
+    """Decode the file with Pillow: (image, label, format, 16-bit colour?).
+
+    The size is checked against `MAX_PIXELS` from the header, before decoding.
+    """
     label = _label(source, name)
     data = _read_bytes(source, label)
     fmt = sniff(data[:32])
     if fmt is None or fmt in ("GZIP", "ZIP"):
-        raise LoadError(f"{label!r}: {_describe_unknown(data)}; expected {FORMATS}")
+        raise _load_error(f"{label!r}: {_describe_unknown(data)}", "format")
 
     pil_formats = {"PPM": ["PPM"], "TIFF": ["TIFF"]}.get(fmt, [fmt])
     try:
-        pil = Image.open(io.BytesIO(data), formats=pil_formats)
-        pil.load()
+        pil = Image.open(io.BytesIO(data), formats=pil_formats)  # the header only
     except Image.DecompressionBombError as exc:
-        raise LoadError(f"{label!r}: too large to read safely ({exc})") from None
+        # past twice Pillow's own limit (Image.MAX_IMAGE_PIXELS): no size given back
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else None
+        raise _too_large(label, fmt, pixels, None) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise LoadError(f"{label!r}: truncated or corrupt {fmt} file ({exc})") from None
-    if pil.width == 0 or pil.height == 0:
-        raise LoadError(f"{label!r}: the {fmt} image has no pixels ({pil.size})")
+        raise _corrupt(label, fmt, exc) from None
+
+    width, height = pil.size
+    if width * height > MAX_PIXELS:
+        pil.close()
+        raise _too_large(label, fmt, width * height, (width, height))
+    if width == 0 or height == 0:
+        pil.close()
+        raise _load_error(f"{label!r}: the {fmt} image has no pixels", "corrupt")
+    try:
+        pil.load()
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        pil.close()
+        raise _corrupt(label, fmt, exc) from None
     return pil, label, fmt, _is_16bit_colour(pil, fmt, data)
+
+
+def _corrupt(label: str, fmt: str, exc: BaseException) -> LoadError:
+    return _load_error(f"{label!r}: truncated or corrupt {fmt} file ({exc})", "corrupt")
+
+
+def _too_large(
+    label: str, fmt: str, pixels: int | None, size: tuple[int, int] | None
+) -> LoadError:
+    """The refusal of an image with more than `MAX_PIXELS` pixels."""
+    what = f"{pixels / 1e6:.1f} megapixels" if pixels else "too many pixels"
+    if size is not None:
+        what += f" ({size[0]}x{size[1]}, width x height)"
+    return _load_error(
+        f"{label!r}: the {fmt} image has {what}, more than the "
+        f"{MAX_PIXELS / 1e6:g} megapixels allowed (io.MAX_PIXELS); it was not "
+        "decoded",
+        "too_large",
+    )
 
 
 def _is_16bit_colour(pil: Image.Image, fmt: str, data: bytes) -> bool:
@@ -358,11 +572,14 @@ def _rescale_by_range(values: NDArray) -> NDArray[np.uint8]:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _threshold(values: NDArray, lossless: bool) -> NDArray[np.bool_]:
+def _threshold(values: NDArray, lossless: bool, label: str) -> NDArray[np.bool_]:
     """Half the nominal range; {0, 1} label images in lossless files (read_mask)."""
     values = np.asarray(values)
     if values.ndim != 2:
-        raise LoadError(f"expected a single-channel mask, got shape {values.shape}")
+        raise _load_error(
+            f"{label!r}: expected a single-channel mask, got shape {values.shape}",
+            "format",
+        )
     finite = np.isfinite(values) if values.dtype.kind == "f" else None
     top = values[finite].max() if finite is not None and finite.any() else values.max()
     if lossless and values.dtype.kind in "ui" and top <= 1 and values.min() >= 0:
@@ -496,34 +713,45 @@ def _check_member_name(member: str, archive: str) -> str:
     """The member's posix path; LoadError for absolute paths or ``..`` parts."""
     posix = member.replace("\\", "/")
     if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
-        raise LoadError(
+        raise _load_error(
             f"{archive!r}: member {member!r} has an absolute path; refusing to read "
-            "the archive"
+            "the archive",
+            "archive",
         )
     if ".." in posix.split("/"):
-        raise LoadError(
+        raise _load_error(
             f"{archive!r}: member {member!r} points outside the archive ('..'); "
-            "refusing to read the archive"
+            "refusing to read the archive",
+            "archive",
         )
     return posix
 
 
 def _zip_entries(data: bytes | Path, archive: str, prefix: str = "") -> list[_Entry]:
-    """The files of a ZIP archive, read into memory."""
+    """The files of a ZIP archive, read into memory.
+
+    Refused whole, before anything is unpacked: a member with an absolute path
+    or ``..``; a member, or the whole archive, unpacking past `_unpack_limit`
+    (sizes from the archive's directory, which zipfile also holds each member
+    to).
+    """
     try:
         zf = zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise LoadError(f"{archive!r}: not a readable ZIP archive ({exc})") from None
+        packed_total = data.stat().st_size if isinstance(data, Path) else len(data)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise _load_error(
+            f"{archive!r}: not a readable ZIP archive ({exc})", "corrupt"
+        ) from None
 
     with zf:
         infos = [info for info in zf.infolist() if not info.is_dir()]
         names = [_check_member_name(info.filename, archive) for info in infos]
-        total = sum(info.file_size for info in infos)
-        if total > _MAX_ZIP_BYTES:
-            raise LoadError(
-                f"{archive!r}: unpacks to {total / 2**30:.1f} GiB, more than the "
-                f"{_MAX_ZIP_BYTES / 2**30:.0f} GiB allowed"
+        for info, posix in zip(infos, names, strict=True):
+            _check_unpacked(
+                f"zip:{archive}/{posix}", info.compress_size, info.file_size
             )
+        _check_unpacked(archive, packed_total, sum(i.file_size for i in infos))
+
         entries = []
         for info, posix in zip(infos, names, strict=True):
             if _is_hidden(posix):
@@ -531,8 +759,14 @@ def _zip_entries(data: bytes | Path, archive: str, prefix: str = "") -> list[_En
             try:
                 content = zf.read(info)
             except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as exc:
-                raise LoadError(
-                    f"{archive!r}: member {posix!r} is corrupt ({exc})"
+                raise _load_error(
+                    f"{archive!r}: member {posix!r} is corrupt ({exc})", "corrupt"
+                ) from None
+            except (RuntimeError, NotImplementedError) as exc:
+                # encrypted, or a compression method zipfile lacks (deflate64...)
+                raise _load_error(
+                    f"{archive!r}: member {posix!r} cannot be unpacked ({exc})",
+                    "unpack",
                 ) from None
             entries.append(
                 _Entry(
@@ -750,14 +984,21 @@ def _generic_id(case_id: str) -> str:
     return "_".join(_tokens(case_id))
 
 
-def _looks_binary(rgb: NDArray[np.uint8]) -> bool:
-    """Two grey levels at most: a mask saved like an image (HRF uploads)."""
-    if not (
-        np.array_equal(rgb[..., 0], rgb[..., 1])
-        and np.array_equal(rgb[..., 0], rgb[..., 2])
-    ):
+def _looks_like_mask(rgb: NDArray[np.uint8]) -> bool:
+    """Grey and (nearly) only black and white: a mask saved like an image.
+
+    True when at most 1% of the pixels have channels more than 8 apart and at
+    most 10% lie strictly between 32 and 223 (JPEG leaves grey pixels along the
+    edges of a mask); a blank image counts too. A fundus photograph is coloured
+    (its channels differ) and, even as a grey export, mostly mid-grey. Looked
+    at on at most about a million pixels (a regular subsample).
+    """
+    step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6))))
+    small = rgb[::step, ::step, :3]
+    high, low = small.max(axis=2), small.min(axis=2)
+    if np.mean(high - low > 8) > 0.01:
         return False
-    return np.unique(rgb[..., 0]).size <= 2
+    return bool(np.mean((high > 32) & (high < 223)) <= 0.10)
 
 
 class _Problems:
@@ -786,9 +1027,16 @@ def _build(entries: list[_Entry], where: str) -> Discovery:
     images_like = []
     for entry in entries:
         fmt = sniff(entry.head[:32])
-        if fmt is None or fmt in ("GZIP", "ZIP"):
-            kind = "a ZIP inside the dataset" if fmt == "ZIP" else "not an image"
-            unpaired.append(Unpaired(entry.label, "other", f"{kind}; not read"))
+        if fmt == "ZIP":
+            reason = (
+                "a ZIP archive inside the dataset: not opened (archives inside "
+                "archives or folders are never unpacked); unpack it and give its "
+                "files, or give it on its own"
+            )
+            unpaired.append(Unpaired(entry.label, "other", reason))
+        elif fmt is None or fmt == "GZIP":
+            reason = f"{_describe_unknown(entry.head)}; not read"
+            unpaired.append(Unpaired(entry.label, "other", reason))
         else:
             images_like.append(entry)
 
@@ -863,7 +1111,7 @@ def _build_case(
                 problems.add(exc)
                 return None
             read_cache[entry.label] = rgb
-            if _looks_binary(rgb):
+            if _looks_like_mask(rgb):
                 binary.append(i)
         if len(binary) == 1 and len(images) == 2:
             mask_item = images[binary[0]]
@@ -889,6 +1137,27 @@ def _build_case(
         return None
 
     image_entry, image_named = images[0]
+    try:
+        image = read_cache.get(image_entry.label)
+        if image is None:
+            image = read_image(image_entry.read(), image_entry.label)
+    except LoadError as exc:
+        problems.add(exc)
+        return None
+    if _looks_like_mask(image):
+        # a mask given where an image belongs: no case can come of it
+        reason = (
+            "looks like a mask, not a fundus photograph (grey, nearly only black "
+            "and white); if it is a vessel or FOV mask, name it so (NAME_mask, "
+            "NAME_fov, or a masks/ folder)"
+        )
+        for entry, named in everything:
+            why = reason
+            if entry is not image_entry:
+                why = f"its image {image_entry.label!r} looks like a mask; not used"
+            unpaired.append(Unpaired(entry.label, named.role, why))
+        return None
+
     chosen: dict[str, _Entry | None] = {}
     for role in ("vessel_mask", "fov_mask", "second_observer"):
         items = group.get(role, [])
@@ -928,9 +1197,6 @@ def _build_case(
         )
 
     try:
-        image = read_cache.get(image_entry.label)
-        if image is None:
-            image = read_image(image_entry.read(), image_entry.label)
         masks = {
             role: read_mask(entry.read(), entry.label)
             for role, entry in chosen.items()
@@ -944,26 +1210,32 @@ def _build_case(
     for role, mask in masks.items():
         if mask.shape != (height, width):
             problems.add(
-                LoadError(
+                _load_error(
                     f"size mismatch: image {image_entry.label!r} is {width}x{height} "
                     f"(width x height) but {role.replace('_', ' ')} "
-                    f"{chosen[role].label!r} is {mask.shape[1]}x{mask.shape[0]}; "
-                    "masks are never resized"
+                    f"{chosen[role].label!r} is {mask.shape[1]}x{mask.shape[0]}",
+                    "size",
                 )
             )
             return None
 
     fov = masks.get("fov_mask")
+    if fov is not None and not fov.any():
+        warnings.warn(
+            f"FOV mask {chosen['fov_mask'].label!r} is empty (no pixel inside the "
+            "field of view): it was ignored and the FOV estimated from the image",
+            stacklevel=5,  # _build_case, _build, _discover_entries, discover
+        )
+        fov, chosen["fov_mask"] = None, None
     fov_estimated = fov is None
     if fov is None:
         fov = estimate_fov(image)
+    for role in ("vessel_mask", "second_observer"):
+        if role in masks:
+            message = _vessel_mask_warning(masks[role], fov, chosen[role].label)
+            if message:
+                warnings.warn(message, stacklevel=5)  # as above
     vessel = masks.get("vessel_mask")
-    if vessel is not None and fov.any() and (vessel & fov).sum() > 0.5 * fov.sum():
-        warnings.warn(
-            f"vessel mask {chosen['vessel_mask'].label!r} covers more than half of "
-            "the FOV; is it inverted (black vessels on white)?",
-            stacklevel=5,  # _build_case, _build, _discover_entries, discover
-        )
 
     split = image_named.split or "train"
     sources = {
@@ -984,6 +1256,44 @@ def _build_case(
     second_entry = chosen["second_observer"]
     second_source = second_entry.label if second_entry is not None else ""
     return case, masks.get("second_observer"), second_source
+
+
+def _vessel_mask_warning(
+    mask: NDArray[np.bool_], fov: NDArray[np.bool_], label: str
+) -> str | None:
+    """What is suspicious about a vessel mask's content, or None.
+
+    No vessel inside the FOV, or vessel everywhere in it, is almost surely the
+    wrong file; more than half of the FOV is likely an inverted mask. These are
+    warnings, not errors: the case is kept (its scores are then undefined or
+    meaningless, and the metrics say so), and the user decides.
+    """
+    inside = int(np.count_nonzero(mask & fov))
+    n_fov = int(np.count_nonzero(fov))
+    if n_fov == 0:
+        return None
+    if inside == 0:
+        where = (
+            "inside the FOV (its vessel pixels all lie outside it; is the FOV right?)"
+            if mask.any()
+            else "at all (all background)"
+        )
+        return (
+            f"vessel mask {label!r} has no vessel pixel {where}: almost surely the "
+            "wrong file, or values the reader cannot tell apart (0/1 in a JPEG); "
+            "the case is kept, but scores on it are undefined"
+        )
+    if inside == n_fov:
+        return (
+            f"vessel mask {label!r} marks every pixel of the FOV as vessel: almost "
+            "surely the wrong file or an inverted mask; the case is kept"
+        )
+    if inside > 0.5 * n_fov:
+        return (
+            f"vessel mask {label!r} covers more than half of the FOV; is it "
+            "inverted (black vessels on white)?"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------
@@ -1008,8 +1318,10 @@ def discover(path: str | os.PathLike) -> Discovery:
     ------
     LoadError
         The path is missing; an archive member has an absolute path or ``..``;
-        no case could be built; or files could not be read or have sizes that
-        disagree (one error listing every such file, with both sizes).
+        an archive unpacks past `MAX_UNPACKED_BYTES` or `MAX_UNPACK_RATIO`;
+        no case could be built; or files could not be read (not an image,
+        truncated, more than `MAX_PIXELS`) or have sizes that disagree (one
+        error listing every such file, with both sizes).
 
     Notes
     -----
@@ -1051,7 +1363,21 @@ def discover(path: str | os.PathLike) -> Discovery:
     listed in ``unpaired`` when other images of the dataset have one. Hidden
     files and ``__MACOSX`` are skipped; files that are not images (by content)
     are listed as role ``"other"``. ZIP members are read in memory, never
-    extracted; nested archives are not opened.
+    extracted; nested archives are not opened (listed in ``unpaired``).
+
+    Checks on content, the same for every layout:
+
+    - an "image" that is grey and (nearly) only black and white looks like a
+      mask given where an image belongs: it and its masks go to ``unpaired``
+      (reason "looks like a mask"), no case is built;
+    - a vessel mask with no vessel pixel inside the FOV, or vessel on every FOV
+      pixel, or on more than half of it, gives a warning naming the file; the
+      case is kept (a warning, not an error: such a mask is almost surely
+      wrong, but the user may still look at the image, and the metrics report
+      its scores as undefined);
+    - an empty FOV mask gives a warning and is replaced by `estimate_fov`;
+    - two files claiming one role for one case id are both listed in
+      ``unpaired``, each reason naming both files.
     """
     path = Path(path)
     label = str(path)
@@ -1137,11 +1463,12 @@ def second_observer(path: str | os.PathLike) -> dict[str, NDArray[np.bool_]]:
 
 def _discover_entries(entries: list[_Entry], where: str) -> Discovery:
     if not entries:
-        raise LoadError(f"{where}: no files found, expected fundus images")
+        raise _load_error(f"{where}: no files found, expected fundus images", "nothing")
     found = _build(entries, where)
     if not found.cases:
         reasons = "; ".join(f"{u.path}: {u.reason}" for u in found.unpaired[:5])
-        raise LoadError(
-            f"{where}: no case could be built from {len(entries)} file(s) ({reasons})"
+        raise _load_error(
+            f"{where}: no case could be built from {len(entries)} file(s) ({reasons})",
+            "nothing",
         )
     return found
