@@ -390,6 +390,23 @@ def test_train_defaults_and_bad_choice(dataset, tmp_path, capsys, green_kind):
     assert "invalid choice: 'z'" in capsys.readouterr().err
 
 
+def test_train_refuses_a_taken_name_before_training(
+    dataset, tmp_path, capsys, green_kind
+):
+    out_dir = tmp_path / "m"
+    args = ("train", "green-test", "--data", dataset, "--out", out_dir)
+    assert _run(capsys, *args)[0] == 0
+    first = store.read_meta(out_dir)
+
+    code, _, err = _run(capsys, *args, "--gain", "3")
+    assert code == 2 and "already exists; pass --overwrite" in err
+    assert store.read_meta(out_dir) == first
+
+    code, _, err = _run(capsys, *args, "--gain", "3", "--overwrite")
+    assert code == 0, err
+    assert store.read_meta(out_dir)["settings"]["gain"] == 3.0
+
+
 def test_train_unknown_kind_and_no_cases(dataset, tmp_path, capsys, green_kind):
     code, _, err = _run(
         capsys, "train", "nope", "--data", dataset, "--out", tmp_path / "m"

@@ -208,6 +208,11 @@ def build_parser(model_cls: type | None = None) -> argparse.ArgumentParser:
     p.add_argument("kind", metavar="KIND", help="model kind (classic, knn, resnet34)")
     p.add_argument("--data", required=True, help="dataset folder or ZIP archive")
     p.add_argument("--out", required=True, help="model folder to write (models/NAME)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the model already saved under --out",
+    )
     p.add_argument("--split", choices=SPLIT_CHOICES, default="train")
     p.add_argument(
         "--seed",
@@ -812,6 +817,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.sampling and not args.strategy:
         raise ValueError("--sampling needs --strategy")
 
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        # checked before training, so a long fit is never lost to a taken name
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it")
+
     found = _discover(args.data)
     cases = with_masks(_select_split(found.cases, args.split))
     if not cases:
@@ -847,7 +857,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     seconds = time.perf_counter() - start
 
-    folder = store.save_model(model, args.out)
+    folder = store.save_model(model, out, overwrite=args.overwrite)
     early = ", stopped early (best so far kept)" if stop.is_set() else ""
     print(
         f"saved {args.kind} model to {folder}: {len(cases)} training case(s), "
