@@ -276,17 +276,27 @@ def predict(ref: ModelRef, case: Case) -> tuple[np.ndarray, float]:
 def predict_many(
     refs: Sequence[ModelRef], chosen: Sequence[Case], label: str = "Predicting"
 ) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
-    """``{model key: {case id: (prob, seconds)}}`` with a progress bar."""
+    """``{model key: {case id: (prob, seconds)}}`` with a progress bar.
+
+    A model that fails is reported with `show_error` and left out.
+    """
     total = len(refs) * len(chosen)
     bar = st.progress(0.0, text=f"{label}...")
     out: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
     done = 0
     for ref in refs:
-        out[ref.key] = {}
-        for case in chosen:
-            bar.progress(done / total, text=f"{label}: {ref.name} on case {case.id}")
-            out[ref.key][case.id] = predict(ref, case)
-            done += 1
+        try:
+            by_case = {}
+            for case in chosen:
+                text = f"{label}: {ref.name} on case {case.id}"
+                bar.progress(done / total, text=text)
+                by_case[case.id] = predict(ref, case)
+                done += 1
+        except Exception as exc:  # one broken model must not hide the others
+            show_error(exc, f"{label} with {ref.name}")
+            done += len(chosen) - len(by_case)
+            continue
+        out[ref.key] = by_case
     bar.empty()
     return out
 

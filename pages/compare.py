@@ -13,6 +13,16 @@ from vessel_core import compare, metrics
 from vessel_core.cases import split_cases, with_masks
 
 RESULT = "compare_result"
+COLUMN_LABELS = {
+    "f1": "F1 (Dice)",
+    "balanced_accuracy": "balanced acc.",
+    "iou": "IoU",
+    "g_mean": "G-mean",
+    "mcc": "MCC",
+    "auc_roc": "AUC ROC",
+    "auc_pr": "AUC PR",
+    "seconds_per_image": "s / image",
+}
 
 st.title("4. Compare")
 
@@ -48,16 +58,14 @@ run = st.button(
 
 if run:
     chosen = [c for c in scorable if c.id in chosen_ids]
-    try:
-        predictions = _ui.predict_many([refs[m] for m in chosen_models], chosen)
-    except Exception as exc:  # a model that cannot predict must not end the page
-        _ui.show_error(exc, "Predicting")
-        st.stop()
+    predictions = _ui.predict_many([refs[m] for m in chosen_models], chosen)
     reports, seconds = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
         for label in chosen_models:
             ref = refs[label]
+            if ref.key not in predictions:
+                continue
             model = _ui.load(ref)
             by_case = predictions[ref.key]
             reports[ref.name] = metrics.evaluate(
@@ -100,7 +108,14 @@ table = pd.DataFrame(rows).set_index("model")
 shown = table.map(_ui.fmt)
 if "seconds_per_image" in shown:
     shown["seconds_per_image"] = table["seconds_per_image"].map(lambda s: _ui.fmt(s, 2))
-st.table(shown)
+shown = shown.rename(columns=COLUMN_LABELS)
+grey = "color: #888; font-style: italic"
+st.table(
+    shown.style.apply(
+        lambda row: [grey if row.name == compare.ALL_BACKGROUND else ""] * len(row),
+        axis=1,
+    )
+)
 
 base_acc = reports[compare.ALL_BACKGROUND].pooled["accuracy"]
 st.warning(

@@ -37,6 +37,16 @@ except (ImportError, ValueError) as exc:
 
 #: Settings shown up front per kind (the others go under "More settings").
 MAIN_SETTINGS = {
+    "knn": [
+        "features",
+        "patch_size",
+        "k_min",
+        "k_max",
+        "n_folds",
+        "n_neighbors",
+        "max_train_samples",
+        "rebuild",
+    ],
     "resnet34": [
         "preset",
         "crop_size",
@@ -52,7 +62,9 @@ EXTRA_CHOICES = {"resnet34": {"pretrained": ["auto", True, False]}}
 
 
 def _hints(kind: str) -> dict:
-    """For settings left to a preset: their type and what each preset uses."""
+    """For settings left to the model (None): their type and what None means."""
+    if kind == "knn":
+        return {"n_neighbors": (1, "chosen by cross-validation in [k min, k max]")}
     if kind != "resnet34":
         return {}
     from vessel_core.resnet import PRESETS
@@ -100,7 +112,7 @@ with st.form(f"train_form_{kind}", border=True):
         f"{'...' if len(train) > 8 else ''}) with the undersampling "
         f"**{choice['strategy'].replace('_', ' ')}** (page 2)."
     )
-    start = st.form_submit_button("Start training", type="primary")
+    start = st.form_submit_button("Start training", type="primary", key="train_start")
 
 if start:
     try:

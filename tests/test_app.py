@@ -6,12 +6,14 @@ models are saved into a temporary folder ($VESSEL_MODELS_DIR).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from vessel_core import samples
+from vessel_core import io, samples, sampling, store
+from vessel_core.cases import split_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -60,6 +62,32 @@ def app(page: str | None = None, **state) -> AppTest:
 
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def run_until(at: AppTest, done, timeout: float = 120.0) -> AppTest:
+    """Rerun the app (as the page's timer would) until ``done(at)`` or timeout."""
+    deadline = time.monotonic() + timeout
+    while not done(at):
+        assert time.monotonic() < deadline, "timed out: " + texts(at.markdown)
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, at.exception
+    return at
+
+
+QUICK_KNN = {"k_max": 5, "n_folds": 3, "max_train_samples": 2000, "threshold_cases": 3}
+
+
+@pytest.fixture(scope="module")
+def sample_knn(sample, tmp_path_factory):
+    """A quick KNN fitted on the sample's training cases, saved in its own folder."""
+    from vessel_core.knn import KNNModel
+
+    folder = tmp_path_factory.mktemp("models")
+    train = split_cases(sample, "train")
+    model = KNNModel(**QUICK_KNN).fit(train, sampling.select(train, "near_vessels"))
+    store.save_model(model, folder / "knn-sample")
+    return folder
 
 
 def test_home_says_what_to_do_and_the_sidebar_shows_the_data(sample):
@@ -222,3 +250,120 @@ def test_allowed_folder_refuses_links_out_of_the_data_folder(tmp_path):
         _ui.allowed_folder("sneaky", root)
     with pytest.raises(ValueError, match="does not exist"):
         _ui.allowed_folder("STARE", root)
+
+
+def test_train_page_fits_a_knn_in_the_background_and_saves_it(sample, models_dir):
+    at = app("pages/train.py", cases=sample, dataset="built-in sample")
+    assert at.radio(key="train_kind").value == "knn"
+    for name, value in QUICK_KNN.items():
+        at.number_input(key=f"train_knn_{name}").set_value(value)
+    at.text_input(key="train_name_knn").set_value("my knn")
+    at.button(key="train_start").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+
+    # switching pages while it trains neither stops nor restarts it
+    at.switch_page("pages/data.py").run()
+    at.switch_page("pages/train.py").run()
+    run_until(at, lambda at: "Finished" in texts(at.success))
+
+    assert "saved as **my-knn**" in texts(at.success)
+    assert "'my knn' was changed to 'my-knn'" in texts(at.info)
+    assert (models_dir / "my-knn" / "model.json").is_file()
+    assert len(at.get("plotly_chart")) >= 1  # the CV chart
+    from pages import _ui
+
+    jobs = _ui._job_manager(str(models_dir)).jobs(at.session_state["session_id"])
+    assert [j.status for j in jobs] == ["done"]
+    assert {e.step for e in jobs[0].events()} >= {"features", "cv", "done"}
+
+
+def test_train_page_stop_ends_the_fit_and_says_so(sample, models_dir):
+    at = app("pages/train.py", cases=sample, dataset="built-in sample")
+    at.text_input(key="train_name_knn").set_value("to-stop")
+    at.button(key="train_start").click().run()
+    stop = next(b for b in at.button if b.key and b.key.startswith("stop_"))
+    stop.click().run()
+    run_until(at, lambda at: "stopped" in texts(at.markdown))
+    assert "no model was fitted" in texts(at.warning)
+    assert not (models_dir / "to-stop").exists()
+
+
+def test_compare_page_scores_models_next_to_the_all_background_baseline(
+    sample, sample_knn, monkeypatch
+):
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_knn))
+    at = app("pages/compare.py", cases=sample, dataset="built-in sample")
+    assert at.multiselect(key="cmp_models").value == ["knn-sample (knn, saved)"]
+    assert at.multiselect(key="cmp_cases").value == ["synth-04"]
+    at.button(key="cmp_run").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+
+    table = at.table[0].value
+    assert list(table.index) == ["knn-sample", "all background"]
+    knn, background = table.loc["knn-sample"], table.loc["all background"]
+    assert float(knn["F1 (Dice)"]) > 0.5
+    assert float(background["sensitivity"]) == 0.0
+    assert float(background["accuracy"]) > 0.8  # high, having found nothing
+    assert float(knn["s / image"]) > 0 and background["s / image"] == "n/a"
+    assert "Accuracy alone misleads" in texts(at.warning)
+    assert len(at.get("plotly_chart")) == 4  # ROC, PR, per case, seconds
+
+    at.radio(key="cmp_which").set_value("pooled").run()
+    pooled = at.table[0].value.loc["knn-sample"]
+    assert pooled["sensitivity"] != "n/a"
+
+
+def test_results_page_shows_reconstruction_errors_and_downloads(
+    sample, sample_knn, monkeypatch
+):
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_knn))
+    at = app("pages/results.py", cases=sample, dataset="built-in sample")
+    assert at.selectbox(key="res_case").value == "synth-04"
+    assert not at.error, texts(at.error)
+    # original, manual mask, reconstruction, errors; the probability map
+    assert len(at.get("image")) == 5
+    f1 = {m.label: m.value for m in at.metric}["f1"]
+    assert float(f1) > 0.5
+    downloads = [b.key for b in at.get("download_button")]
+    assert downloads == ["res_dl_png", "res_dl_csv", "res_dl_zip"]
+
+    slider = next(s for s in at.slider if s.key.startswith("res_threshold_"))
+    slider.set_value(0.99).run()
+    assert {m.label: m.value for m in at.metric}["f1"] != f1
+
+    at.selectbox(key="res_case").set_value("retina").run()
+    assert not at.error, texts(at.error)
+    assert "no manual vessel mask" in texts(at.info)
+    assert not at.metric
+    assert len(at.get("image")) == 3  # original, reconstruction, probability map
+    assert [b.key for b in at.get("download_button")] == ["res_dl_png", "res_dl_zip"]
+
+
+def test_drive_cases_from_training_to_results(drive_root, models_dir):
+    # KNN needs two training cases (it leaves one out to fit its screen): 21, 22
+    files = [*DRIVE_FILES, *(n.replace("21", "22") for n in DRIVE_FILES[:3])]
+    cases = io.load_files([(n, (drive_root / n).read_bytes()) for n in files]).cases
+    assert [(c.id, c.split) for c in cases] == [
+        ("01", "test"),
+        ("21", "train"),
+        ("22", "train"),
+    ]
+    at = app("pages/train.py", cases=cases, dataset="DRIVE")
+    at.number_input(key="train_knn_n_folds").set_value(2)
+    at.number_input(key="train_knn_k_max").set_value(5)
+    at.number_input(key="train_knn_max_train_samples").set_value(3000)
+    at.button(key="train_start").click().run()
+    run_until(at, lambda at: "Finished" in texts(at.success) or at.error)
+    assert not at.error, texts(at.error)
+
+    at.switch_page("pages/compare.py").run()
+    assert at.multiselect(key="cmp_cases").value == ["01"]
+    at.button(key="cmp_run").click().run()
+    assert not at.error, texts(at.error)
+    table = at.table[0].value
+    assert list(table.index) == ["knn-DRIVE", "all background"]
+    assert float(table.loc["knn-DRIVE", "F1 (Dice)"]) > 0.5
+
+    at.switch_page("pages/results.py").run()
+    assert at.selectbox(key="res_case").value == "01"
+    assert float({m.label: m.value for m in at.metric}["sensitivity"]) > 0.3
