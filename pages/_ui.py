@@ -34,6 +34,18 @@ KIND_LABELS = {
     "classic": "Classic filters (baseline)",
 }
 
+#: How figures are named in tables and metric tiles.
+METRIC_LABELS = {
+    "f1": "F1 (Dice)",
+    "balanced_accuracy": "balanced acc.",
+    "iou": "IoU",
+    "g_mean": "G-mean",
+    "mcc": "MCC",
+    "auc_roc": "AUC ROC",
+    "auc_pr": "AUC PR",
+    "seconds_per_image": "s / image",
+}
+
 # session_state keys that are not widgets (they survive page switches)
 CASES = "cases"
 DATASET = "dataset"

@@ -13,16 +13,6 @@ from vessel_core import compare, metrics
 from vessel_core.cases import split_cases, with_masks
 
 RESULT = "compare_result"
-COLUMN_LABELS = {
-    "f1": "F1 (Dice)",
-    "balanced_accuracy": "balanced acc.",
-    "iou": "IoU",
-    "g_mean": "G-mean",
-    "mcc": "MCC",
-    "auc_roc": "AUC ROC",
-    "auc_pr": "AUC PR",
-    "seconds_per_image": "s / image",
-}
 
 st.title("4. Compare")
 
@@ -108,7 +98,7 @@ table = pd.DataFrame(rows).set_index("model")
 shown = table.map(_ui.fmt)
 if "seconds_per_image" in shown:
     shown["seconds_per_image"] = table["seconds_per_image"].map(lambda s: _ui.fmt(s, 2))
-shown = shown.rename(columns=COLUMN_LABELS)
+shown = shown.rename(columns=_ui.METRIC_LABELS)
 grey = "color: #888; font-style: italic"
 st.table(
     shown.style.apply(
@@ -142,6 +132,9 @@ with curves:
             y=precision,
             name=f"{name} (AP {_ui.fmt(ap)})",
             line=dict(dash=dash),
+            # a constant map has two points; a line between them means nothing
+            mode="markers" if name == compare.ALL_BACKGROUND else "lines",
+            marker=dict(size=10),
         )
     for fig in (roc, pr):
         fig.update_layout(

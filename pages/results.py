@@ -62,7 +62,7 @@ if case.has_mask:
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
         figures = metrics.score(case.vessel_mask, prob, case.fov_mask, threshold)
     for col, key in zip(st.columns(len(SHOWN)), SHOWN, strict=True):
-        col.metric(key.replace("_", " "), _ui.fmt(figures[key]))
+        col.metric(_ui.METRIC_LABELS.get(key, key), _ui.fmt(figures[key]))
 else:
     st.info(
         f"Case {case.id} has no manual vessel mask: here is the reconstruction alone, "
@@ -86,6 +86,10 @@ for col, (title, picture) in zip(st.columns(len(panels)), panels, strict=True):
         st.image(picture, width="stretch")
 if case.has_mask:
     _ui.colour_legend(render.ERROR_COLOURS, render.ERROR_LABELS)
+    st.caption(
+        f"Inside the FOV: {figures['tp']:,} vessel pixels found, {figures['fp']:,} "
+        f"false, {figures['fn']:,} missed."
+    )
     with st.columns(len(panels))[0]:
         st.markdown("**Probability map**")
         st.image(render.probability_image(prob, case.fov_mask), width="stretch")

@@ -147,6 +147,7 @@ def _cv_chart(job: Job) -> None:
         marker=dict(size=9, opacity=0.5),
     )
     ks = sorted(by_k)
+    fig.update_xaxes(tickmode="array", tickvals=ks)
     fig.add_scatter(
         x=ks,
         y=[sum(by_k[k]) / len(by_k[k]) for k in ks],
@@ -154,6 +155,9 @@ def _cv_chart(job: Job) -> None:
         name="mean over folds",
         line=dict(width=3),
     )
+    chosen = (job.model.meta if job.model is not None else {}).get("chosen_k")
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dot", annotation_text=f"chosen k = {chosen}")
     _ui.plot(fig, key=f"cv_{job.id}")
 
 
@@ -222,7 +226,10 @@ def _job_box(job: Job) -> None:
         elif job.finished_ok:
             where = f"saved as **{job.saved_name}**" if job.saved_name else "not saved"
             stopped = " (stopped early)" if job.status == STOPPED else ""
-            st.success(f"Finished{stopped}, {where}.")
+            st.success(
+                f"Finished{stopped}, {where}; threshold "
+                f"{job.model.threshold:.3f}, {job.seconds:.0f} s."
+            )
         else:
             st.warning(job.notice or job.error or "Stopped.")
         if job.notice and job.finished_ok:

@@ -322,14 +322,14 @@ def test_results_page_shows_reconstruction_errors_and_downloads(
     assert not at.error, texts(at.error)
     # original, manual mask, reconstruction, errors; the probability map
     assert len(at.get("image")) == 5
-    f1 = {m.label: m.value for m in at.metric}["f1"]
+    f1 = {m.label: m.value for m in at.metric}["F1 (Dice)"]
     assert float(f1) > 0.5
     downloads = [b.key for b in at.get("download_button")]
     assert downloads == ["res_dl_png", "res_dl_csv", "res_dl_zip"]
 
     slider = next(s for s in at.slider if s.key.startswith("res_threshold_"))
     slider.set_value(0.99).run()
-    assert {m.label: m.value for m in at.metric}["f1"] != f1
+    assert {m.label: m.value for m in at.metric}["F1 (Dice)"] != f1
 
     at.selectbox(key="res_case").set_value("retina").run()
     assert not at.error, texts(at.error)

@@ -28,6 +28,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
+QUICK_KNN = {"k max": "5", "n folds": "3", "max train samples": "2000"}
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if not CHROMIUM.exists():
@@ -168,7 +170,9 @@ def test_main_path_in_a_browser(page, shots):
 
     go_to(page, "3. Train")
     settle(page)
-    page.get_by_role("button", name="Start training").click(timeout=5000)
+    for label, value in QUICK_KNN.items():
+        page.get_by_label(label, exact=True).fill(value)
+    page.get_by_role("button", name="Start training").click()
     page.get_by_text(re.compile("Finished.*saved as")).wait_for(timeout=240_000)
     settle(page)
     assert page.locator(".js-plotly-plot").count() >= 1
