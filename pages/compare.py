@@ -58,11 +58,15 @@ if run:
                 continue
             model = _ui.load(ref)
             by_case = predictions[ref.key]
-            reports[ref.name] = metrics.evaluate(
-                chosen,
-                {cid: prob for cid, (prob, _) in by_case.items()},
-                threshold=model.threshold,
-            )
+            try:
+                reports[ref.name] = metrics.evaluate(
+                    chosen,
+                    {cid: prob for cid, (prob, _) in by_case.items()},
+                    threshold=model.threshold,
+                )
+            except ValueError as exc:
+                _ui.show_error(exc, f"Scoring {ref.name}")
+                continue
             seconds[ref.name] = sum(s for _, s in by_case.values()) / len(by_case)
         baseline = compare.AllBackground()
         reports[compare.ALL_BACKGROUND] = metrics.evaluate(

@@ -6,7 +6,9 @@ models are saved into a temporary folder ($VESSEL_MODELS_DIR).
 
 from __future__ import annotations
 
+import io as io_module
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,21 @@ def test_data_page_pairs_uploaded_drive_files_and_lists_refused_ones(drive_uploa
     assert list(cases["FOV mask"]) == ["01_test_mask.gif", "21_training_mask.gif"]
     assert list(refused["file"]) == ["upload:notes.txt"]
     assert "not an image" in refused.loc[0, "why"]
+
+
+def test_data_page_opens_an_uploaded_zip_of_a_dataset(drive_root):
+    buffer = io_module.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name in DRIVE_FILES:
+            zf.writestr(f"DRIVE/{name}", (drive_root / name).read_bytes())
+    at = app("pages/data.py")
+    at.radio(key="data_source").set_value("Upload files").run()
+    at.file_uploader(key="upload_files").set_value(
+        ("drive.zip", buffer.getvalue(), "application/zip")
+    ).run()
+    at.button(key="load_uploads").click().run()
+    assert not at.error, texts(at.error)
+    assert "Loaded 2 cases (DRIVE): 1 train, 1 test." in texts(at.success)
 
 
 def test_data_page_names_a_bad_file_and_keeps_what_was_loaded(sample):

@@ -173,6 +173,12 @@ def test_main_path_in_a_browser(page, shots):
     for label, value in QUICK_KNN.items():
         page.get_by_label(label, exact=True).fill(value)
     page.get_by_role("button", name="Start training").click()
+    try:  # a picture of the live view, if the fit lasts long enough to catch it
+        page.get_by_text("Cross-validation score per k").first.wait_for(timeout=20_000)
+        page.get_by_text("running").first.wait_for(timeout=1_000)
+        shoot(page, shots, "3_train_running")
+    except sync_api.TimeoutError:
+        pass
     page.get_by_text(re.compile("Finished.*saved as")).wait_for(timeout=240_000)
     settle(page)
     assert page.locator(".js-plotly-plot").count() >= 1
