@@ -53,7 +53,8 @@ UNPAIRED = "unpaired"
 LOAD_COUNT = "load_count"
 SAMPLING = "sampling_choice"
 SESSION_ID = "session_id"
-SEEN_JOBS = "seen_job_status"
+#: Settings widgets keep their value across page switches.
+KEEP = "session"
 
 
 # ---------------------------------------------------------------------------------
@@ -468,27 +469,48 @@ def _one_setting(label, key, default, allowed, hint, tip):
     if default is None:
         return _optional_setting(label, key, allowed, hint, tip)
     if isinstance(default, bool):
-        return st.checkbox(label, value=default, key=key, help=tip)
+        return st.checkbox(label, value=default, key=key, persist_state=KEEP, help=tip)
     if isinstance(default, list | tuple):
         if allowed is not None and not is_range:
             return st.multiselect(
-                label, list(allowed), default=list(default), key=key, help=tip
+                label,
+                list(allowed),
+                default=list(default),
+                key=key,
+                persist_state=KEEP,
+                help=tip,
             )
         if len(default) == 2 and all(isinstance(v, int | float) for v in default):
             low, high = allowed if is_range else (min(default), max(default) * 4)
             value = st.slider(
-                label, low, high, (default[0], default[1]), key=key, help=tip
+                label,
+                low,
+                high,
+                (default[0], default[1]),
+                key=key,
+                persist_state=KEEP,
+                help=tip,
             )
             return list(value) if isinstance(default, list) else tuple(value)
         text = st.text_input(
-            label, ", ".join(str(v) for v in default), key=key, help=tip
+            label,
+            ", ".join(str(v) for v in default),
+            key=key,
+            persist_state=KEEP,
+            help=tip,
         )
         return _parse_list(text, default, label)
     if allowed is not None and not is_range:
         options = list(allowed)
         index = options.index(default) if default in options else 0
         return st.selectbox(
-            label, options, index=index, key=key, help=tip, format_func=str
+            label,
+            options,
+            index=index,
+            key=key,
+            persist_state=KEEP,
+            help=tip,
+            format_func=str,
         )
     if isinstance(default, int):
         low, high = allowed if is_range else (0, None)
@@ -500,6 +522,7 @@ def _one_setting(label, key, default, allowed, hint, tip):
                 value=default,
                 step=1,
                 key=key,
+                persist_state=KEEP,
                 help=tip,
             )
         )
@@ -512,11 +535,12 @@ def _one_setting(label, key, default, allowed, hint, tip):
                 max_value=high,
                 value=default,
                 key=key,
+                persist_state=KEEP,
                 help=tip,
                 format="%g",
             )
         )
-    return st.text_input(label, str(default), key=key, help=tip)
+    return st.text_input(label, str(default), key=key, persist_state=KEEP, help=tip)
 
 
 def _optional_setting(label, key, allowed, hint, tip):
@@ -527,6 +551,7 @@ def _optional_setting(label, key, allowed, hint, tip):
             label,
             [None, *allowed],
             key=key,
+            persist_state=KEEP,
             help=tip,
             format_func=lambda v: placeholder or "default" if v is None else str(v),
         )
@@ -535,6 +560,7 @@ def _optional_setting(label, key, allowed, hint, tip):
             label,
             [None, True, False],
             key=key,
+            persist_state=KEEP,
             help=tip,
             format_func=lambda v: placeholder or "default" if v is None else str(v),
         )
@@ -545,6 +571,7 @@ def _optional_setting(label, key, allowed, hint, tip):
             value=None,
             step=1,
             key=key,
+            persist_state=KEEP,
             help=tip,
             placeholder=placeholder,
         )
@@ -555,12 +582,15 @@ def _optional_setting(label, key, allowed, hint, tip):
             min_value=0.0,
             value=None,
             key=key,
+            persist_state=KEEP,
             help=tip,
             format="%g",
             placeholder=placeholder,
         )
         return None if value is None else float(value)
-    text = st.text_input(label, "", key=key, help=tip, placeholder=placeholder)
+    text = st.text_input(
+        label, "", key=key, persist_state=KEEP, help=tip, placeholder=placeholder
+    )
     return _parse_scalar(text)
 
 

@@ -30,7 +30,11 @@ default_cases = [c.id for c in with_masks(split_cases(loaded, "test"))] or [
 left, right = st.columns(2)
 with left:
     chosen_models = st.multiselect(
-        "Models", list(refs), default=list(refs)[:4], key="cmp_models"
+        "Models",
+        list(refs),
+        default=list(refs)[:4],
+        key="cmp_models",
+        persist_state=_ui.KEEP,
     )
 with right:
     chosen_ids = st.multiselect(
@@ -38,6 +42,7 @@ with right:
         [c.id for c in scorable],
         default=default_cases,
         key="cmp_cases",
+        persist_state=_ui.KEEP,
     )
 run = st.button(
     "Score the models",
@@ -96,6 +101,7 @@ which = st.radio(
     }.get,
     horizontal=True,
     key="cmp_which",
+    persist_state=_ui.KEEP,
 )
 rows = compare.summary_rows(reports, which, result["seconds"])
 table = pd.DataFrame(rows).set_index("model")
@@ -157,6 +163,7 @@ with per_case:
         "Per-case figure",
         compare.TABLE_METRICS,
         key="cmp_metric",
+        persist_state=_ui.KEEP,
         format_func=lambda m: m.replace("_", " "),
     )
     cases_df = pd.DataFrame(compare.per_case_rows(reports))

@@ -49,7 +49,13 @@ def _builtin():
     return io.Discovery(cases=cases, layout="built-in sample")
 
 
-source = st.radio("Where are the images?", SOURCES, horizontal=True, key="data_source")
+source = st.radio(
+    "Where are the images?",
+    SOURCES,
+    horizontal=True,
+    key="data_source",
+    persist_state=_ui.KEEP,
+)
 
 if source == SOURCES[0]:
     st.markdown(
@@ -82,7 +88,10 @@ else:
     else:
         st.caption(f"Folders and ZIP files under `{root}` can be opened.")
         folder = st.text_input(
-            "Folder or ZIP (relative to the data folder)", "DRIVE", key="server_folder"
+            "Folder or ZIP (relative to the data folder)",
+            "DRIVE",
+            key="server_folder",
+            persist_state=_ui.KEEP,
         )
         if st.button("Open", type="primary", key="load_folder"):
             try:

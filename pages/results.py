@@ -28,6 +28,7 @@ with left:
         "Image",
         test_first,
         key="res_case",
+        persist_state=_ui.KEEP,
         format_func=lambda cid: (
             f"{cid} ({by_id[cid].split}"
             + ("" if by_id[cid].has_mask else ", no mask")
@@ -35,7 +36,7 @@ with left:
         ),
     )
 with right:
-    label = st.selectbox("Model", list(refs), key="res_model")
+    label = st.selectbox("Model", list(refs), key="res_model", persist_state=_ui.KEEP)
 case, ref = by_id[case_id], refs[label]
 
 try:
@@ -53,6 +54,7 @@ threshold = st.slider(
     float(model.threshold),
     0.01,
     key=f"res_threshold_{ref.key}",
+    persist_state=_ui.KEEP,
 )
 pred = render.reconstruct(prob, threshold, case.fov_mask)
 

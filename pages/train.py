@@ -28,6 +28,7 @@ kind = st.radio(
     format_func=_ui.KIND_LABELS.get,
     horizontal=True,
     key="train_kind",
+    persist_state=_ui.KEEP,
 )
 try:
     cls = store.model_class(kind)
@@ -105,7 +106,9 @@ with st.form(f"train_form_{kind}", border=True):
         hints=_hints(kind),
     )
     dataset = st.session_state.get(_ui.DATASET, "data").replace(" ", "-")
-    name = st.text_input("Save as", f"{kind}-{dataset}", key=f"train_name_{kind}")
+    name = st.text_input(
+        "Save as", f"{kind}-{dataset}", key=f"train_name_{kind}", persist_state=_ui.KEEP
+    )
     choice = _ui.sampling_choice()
     st.caption(
         f"Trains on {len(train)} cases ({', '.join(c.id for c in train[:8])}"

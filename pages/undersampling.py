@@ -43,6 +43,7 @@ with left:
         names,
         index=names.index(choice["strategy"]),
         key="us_strategy",
+        persist_state=_ui.KEEP,
         format_func=lambda s: s.replace("_", " "),
     )
     st.caption(sampling.DESCRIPTIONS[strategy])
@@ -54,21 +55,51 @@ with left:
         key = f"us_{strategy}_{name}"
         if name in FRACTIONS:
             settings[name] = st.slider(
-                label, 0.0, 1.0, float(value), 0.05, key=key, help=HELP.get(name)
+                label,
+                0.0,
+                1.0,
+                float(value),
+                0.05,
+                key=key,
+                help=HELP.get(name),
+                persist_state=_ui.KEEP,
             )
         elif isinstance(default, int):
             settings[name] = int(
                 st.number_input(
-                    label, 1, None, int(value), 1, key=key, help=HELP.get(name)
+                    label,
+                    1,
+                    None,
+                    int(value),
+                    1,
+                    key=key,
+                    help=HELP.get(name),
+                    persist_state=_ui.KEEP,
                 )
             )
         else:
             settings[name] = float(
                 st.number_input(
-                    label, 0.0, None, float(value), 0.5, key=key, help=HELP.get(name)
+                    label,
+                    0.0,
+                    None,
+                    float(value),
+                    0.5,
+                    key=key,
+                    help=HELP.get(name),
+                    persist_state=_ui.KEEP,
                 )
             )
-    seed = int(st.number_input("Random seed", 0, None, choice["seed"], key="us_seed"))
+    seed = int(
+        st.number_input(
+            "Random seed",
+            0,
+            None,
+            choice["seed"],
+            key="us_seed",
+            persist_state=_ui.KEEP,
+        )
+    )
 
 st.session_state[_ui.SAMPLING] = {
     "strategy": strategy,
@@ -84,7 +115,7 @@ except ValueError as exc:
 
 with right:
     ids = list(selection.per_case)
-    case_id = st.selectbox("Image", ids, key="us_case")
+    case_id = st.selectbox("Image", ids, key="us_case", persist_state=_ui.KEEP)
     case = next(c for c in train if c.id == case_id)
     st.image(
         sampling.overlay(case, selection.per_case[case_id]),

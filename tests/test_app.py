@@ -278,9 +278,11 @@ def test_train_page_fits_a_knn_in_the_background_and_saves_it(sample, models_dir
     at.button(key="train_start").click().run()
     assert not at.exception and not at.error, texts(at.error)
 
-    # switching pages while it trains neither stops nor restarts it
+    # switching pages while it trains neither stops nor restarts it, and the
+    # settings are still there on the way back
     at.switch_page("pages/data.py").run()
     at.switch_page("pages/train.py").run()
+    assert at.number_input(key="train_knn_k_max").value == QUICK_KNN["k_max"]
     run_until(at, lambda at: "Finished" in texts(at.success))
 
     assert "saved as **my-knn**" in texts(at.success)
