@@ -209,7 +209,9 @@ def _job_box(job: Job) -> None:
         if job.active:
             with button:
                 st.button(
-                    "Stop (keep the best so far)",
+                    "Stop",
+                    help="A model that can keeps its best state so far (the "
+                    "ResNet its best epoch); otherwise nothing is saved.",
                     key=f"stop_{job.id}",
                     on_click=manager.stop,
                     args=(job.session_id, job.id),

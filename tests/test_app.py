@@ -81,14 +81,16 @@ QUICK_KNN = {"k_max": 5, "n_folds": 3, "max_train_samples": 2000, "threshold_cas
 
 
 @pytest.fixture(scope="module")
-def sample_knn(sample, tmp_path_factory):
-    """A quick KNN fitted on the sample's training cases, saved in its own folder."""
+def sample_models(sample, tmp_path_factory):
+    """The classic filters and a quick KNN fitted on the sample, in their folder."""
+    from vessel_core.classic import ClassicFilters
     from vessel_core.knn import KNNModel
 
     folder = tmp_path_factory.mktemp("models")
     train = split_cases(sample, "train")
-    model = KNNModel(**QUICK_KNN).fit(train, sampling.select(train, "near_vessels"))
-    store.save_model(model, folder / "knn-sample")
+    selection = sampling.select(train, "near_vessels")
+    store.save_model(ClassicFilters().fit(train, selection), folder / "classic-sample")
+    store.save_model(KNNModel(**QUICK_KNN).fit(train, selection), folder / "knn-sample")
     return folder
 
 
@@ -296,6 +298,17 @@ def test_train_page_fits_a_knn_in_the_background_and_saves_it(sample, models_dir
     assert {e.step for e in jobs[0].events()} >= {"features", "cv", "done"}
 
 
+def test_train_page_fits_the_classic_baseline(sample, models_dir):
+    at = app("pages/train.py", cases=sample, dataset="built-in sample")
+    at.radio(key="train_kind").set_value("classic").run()
+    at.selectbox(key="train_classic_ridge").set_value("frangi")
+    at.button(key="train_start").click().run()
+    run_until(at, lambda at: "Finished" in texts(at.success) or at.error)
+    assert "saved as **classic-built-in-sample**" in texts(at.success)
+    meta = store.read_meta(models_dir / "classic-built-in-sample")
+    assert meta["kind"] == "classic" and meta["settings"]["ridge"] == "frangi"
+
+
 def test_train_page_stop_ends_the_fit_and_says_so(sample, models_dir):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
     at.text_input(key="train_name_knn").set_value("to-stop")
@@ -308,17 +321,20 @@ def test_train_page_stop_ends_the_fit_and_says_so(sample, models_dir):
 
 
 def test_compare_page_scores_models_next_to_the_all_background_baseline(
-    sample, sample_knn, monkeypatch
+    sample, sample_models, monkeypatch
 ):
-    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_knn))
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
     at = app("pages/compare.py", cases=sample, dataset="built-in sample")
-    assert at.multiselect(key="cmp_models").value == ["knn-sample (knn, saved)"]
+    assert at.multiselect(key="cmp_models").value == [
+        "classic-sample (classic, saved)",
+        "knn-sample (knn, saved)",
+    ]
     assert at.multiselect(key="cmp_cases").value == ["synth-04"]
     at.button(key="cmp_run").click().run()
     assert not at.exception and not at.error, texts(at.error)
 
     table = at.table[0].value
-    assert list(table.index) == ["knn-sample", "all background"]
+    assert list(table.index) == ["classic-sample", "knn-sample", "all background"]
     knn, background = table.loc["knn-sample"], table.loc["all background"]
     assert float(knn["F1 (Dice)"]) > 0.5
     assert float(background["sensitivity"]) == 0.0
@@ -333,9 +349,9 @@ def test_compare_page_scores_models_next_to_the_all_background_baseline(
 
 
 def test_results_page_shows_reconstruction_errors_and_downloads(
-    sample, sample_knn, monkeypatch
+    sample, sample_models, monkeypatch
 ):
-    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_knn))
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
     at = app("pages/results.py", cases=sample, dataset="built-in sample")
     assert at.selectbox(key="res_case").value == "synth-04"
     assert not at.error, texts(at.error)
