@@ -10,32 +10,6 @@ from vessel_core.jobs import FAILED, STOPPED, Job
 
 EPOCH_SHOWN = ("dice", "f1", "sensitivity", "specificity", "auc_roc")
 
-st.title("3. Train")
-
-_ui.require_cases(need_masks=True)
-train = _ui.train_cases()
-if not train:
-    st.warning(
-        "No training case has a vessel mask. Put some cases with masks on the "
-        "train side (Data page, *split* column)."
-    )
-    st.stop()
-
-kinds = list(_ui.KIND_LABELS)
-kind = st.radio(
-    "Model",
-    kinds,
-    format_func=_ui.KIND_LABELS.get,
-    horizontal=True,
-    key="train_kind",
-    persist_state=_ui.KEEP,
-)
-try:
-    cls = store.model_class(kind)
-except (ImportError, ValueError) as exc:
-    _ui.show_error(exc, f"Loading the {_ui.KIND_LABELS[kind]} code")
-    st.stop()
-
 #: Settings shown up front per kind (the others go under "More settings").
 MAIN_SETTINGS = {
     "knn": [
@@ -90,6 +64,32 @@ def _model_notes(kind: str) -> list[str]:
         "weights (nothing is downloaded). Expect lower scores from a quick run."
     ]
 
+
+st.title("3. Train")
+
+_ui.require_cases(need_masks=True)
+train = _ui.train_cases()
+if not train:
+    st.warning(
+        "No training case has a vessel mask. Put some cases with masks on the "
+        "train side (Data page, *split* column)."
+    )
+    st.stop()
+
+kinds = list(_ui.KIND_LABELS)
+kind = st.radio(
+    "Model",
+    kinds,
+    format_func=_ui.KIND_LABELS.get,
+    horizontal=True,
+    key="train_kind",
+    persist_state=_ui.KEEP,
+)
+try:
+    cls = store.model_class(kind)
+except (ImportError, ValueError) as exc:
+    _ui.show_error(exc, f"Loading the {_ui.KIND_LABELS[kind]} code")
+    st.stop()
 
 doc = (cls.__doc__ or "").strip().split("\n\n")[0]
 if doc:

@@ -248,7 +248,7 @@ class JobManager:
         settings : dict
             Passed to the model class: ``model_class(kind)(**settings)``.
         cases : sequence of Case
-            Training cases.
+            Training cases (the job lets go of them once it has finished).
         selection : Selection, optional
             Undersampling choice passed to ``fit``.
         name : str, optional
@@ -401,6 +401,7 @@ class JobManager:
             self._fit(job)
         finally:
             job.finished = time.time()
+            job.cases, job.selection = [], None  # the images are the session's
             with self._lock:
                 self._running.discard(job.id)
             self._pump()
