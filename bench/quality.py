@@ -1,0 +1,203 @@
+"""Quality on DRIVE: train on the 20 training cases, score the 20 test cases.
+
+Scores are inside the FOV against the first observer. Each row of the table is one
+function ``row(train, test) -> (name, metrics)``; add a row by writing one more
+and naming it in `ROWS`::
+
+    python bench/quality.py                     # every row, markdown table
+    python bench/quality.py --rows knn classic  # some rows
+    python bench/quality.py --json out.json     # also the figures as JSON
+
+``metrics`` holds ``mean`` and ``pooled`` score dicts (from
+`vessel_core.metrics.evaluate`), ``seconds_per_image`` and free ``notes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vessel_core import io, metrics, sampling  # noqa: E402
+from vessel_core.cases import Case, split_cases  # noqa: E402
+from vessel_core.classic import ClassicFilters  # noqa: E402
+from vessel_core.knn import KNNModel  # noqa: E402
+
+logger = logging.getLogger("bench.quality")
+
+DEFAULT_DRIVE = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "DRIVE"
+)
+COLUMNS = ("auc_roc", "f1", "accuracy", "sensitivity", "specificity")
+
+Row = Callable[[Sequence[Case], Sequence[Case]], tuple[str, dict[str, Any]]]
+
+
+def score_model(model, test: Sequence[Case], name: str) -> dict[str, Any]:
+    """Predict every test case, time it, and score it at the model's threshold."""
+    maps, seconds = [], []
+    for case in test:
+        started = time.perf_counter()
+        maps.append(model.predict_proba(case))
+        seconds.append(time.perf_counter() - started)
+    report = metrics.evaluate(test, maps, model.threshold)
+    logger.info(
+        "%s: pooled AUC %.4f, F1 %.4f",
+        name,
+        report.pooled["auc_roc"],
+        report.pooled["f1"],
+    )
+    return {
+        "mean": report.mean,
+        "pooled": report.pooled,
+        "threshold": float(model.threshold),
+        "seconds_per_image": float(np.mean(seconds)),
+    }
+
+
+def knn_best(train, test):
+    """The best KNN configuration found: patch+bank features, screened search."""
+    model = KNNModel(
+        features="patch+bank", patch_size=3, k_max=31, max_train_samples=20000
+    )
+    started = time.perf_counter()
+    model.fit(train)
+    fit_seconds = time.perf_counter() - started
+    out = score_model(model, test, "knn")
+    screen = model.meta["screen"]
+    out["notes"] = (
+        f"3x3 patch + 9 filters, k={model.meta['chosen_k']} by grouped CV, "
+        f"{model.meta['n_train_samples']} samples, screen answers "
+        f"{100 * screen['coverage']:.1f}% of pixels; fit {fit_seconds:.0f} s"
+    )
+    return "KNN, best (patch+bank, per pixel)", out
+
+
+def knn_seed_style(train, test):
+    """The student project's setting: 3x3 green patch, k=5, block rebuild."""
+    model = KNNModel(
+        features="patch",
+        patch_size=3,
+        n_neighbors=5,
+        rebuild="block",
+        smooth_sigma=0.0,
+        search="exact",
+    )
+    model.fit(train)
+    block = score_model(model, test, "seed block")
+
+    # the same fitted classifier, rebuilt per pixel
+    per_pixel = KNNModel(**{**model.settings, "rebuild": "pixel"})
+    per_pixel.classifier, per_pixel.threshold = model.classifier, model.threshold
+    per_pixel.meta = dict(model.meta)
+    pixel = score_model(per_pixel, test, "seed pixel")
+
+    # accuracy on balanced patches: the test images undersampled like training
+    selection = sampling.select(test, "near_vessels", seed=0)
+    hits = total = 0
+    from vessel_core import features as ft
+
+    for case in test:
+        chosen = selection.per_case[case.id]
+        planes = ft.compute_planes(case, settings=model.feature_settings)
+        votes = model.classifier.predict(planes.at(chosen.coords))
+        hits += int(np.count_nonzero(votes == chosen.labels))
+        total += len(chosen.labels)
+    balanced = hits / total
+    totals = selection.totals()
+    share = totals["vessel"] / (totals["vessel"] + totals["background"])
+    note = (
+        f"accuracy on the undersampled test pixels ({100 * share:.0f}% vessel): "
+        f"{balanced:.4f}"
+    )
+    block["notes"] = f"one decision per 3x3 block; {note}"
+    block["balanced_accuracy_on_patches"] = balanced
+    pixel["notes"] = "same classifier, one decision per pixel"
+    return [
+        ("KNN, seed-style (3x3 green, k=5, block)", block),
+        ("KNN, seed-style, per pixel", pixel),
+    ]
+
+
+def classic(train, test):
+    """Multi-scale ridge filters with a logistic fit (no learning of features)."""
+    model = ClassicFilters()
+    model.fit(train)
+    out = score_model(model, test, "classic")
+    out["notes"] = "multi-scale ridge responses, logistic fit on training pixels"
+    return "Classic filters (baseline)", out
+
+
+ROWS: dict[str, Row] = {"knn": knn_best, "seed": knn_seed_style, "classic": classic}
+
+
+def markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """The rows as a markdown table (mean / pooled for each figure)."""
+    head = (
+        ["configuration"]
+        + [f"{c} mean / pooled" for c in COLUMNS]
+        + ["s/image", "notes"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in rows:
+        cells = [name]
+        for c in COLUMNS:
+            cells.append(f"{m['mean'][c]:.4f} / {m['pooled'][c]:.4f}")
+        cells.append(f"{m['seconds_per_image']:.2f}")
+        cells.append(m.get("notes", ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--drive",
+        type=Path,
+        default=Path(os.environ.get("VESSEL_DRIVE_DIR", DEFAULT_DRIVE)),
+        help="DRIVE folder (default: ../shared/data/DRIVE or $VESSEL_DRIVE_DIR)",
+    )
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
+    parser.add_argument(
+        "--test-cases", type=int, default=0, help="score only the first N test cases"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    found = io.discover(args.drive)
+    train, test = split_cases(found.cases, "train"), split_cases(found.cases, "test")
+    if args.test_cases:
+        test = test[: args.test_cases]
+    print(
+        f"DRIVE: {len(train)} training cases, {len(test)} test cases (first observer)"
+    )
+
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for key in args.rows:
+        started = time.perf_counter()
+        result = ROWS[key](train, test)
+        rows.extend(result if isinstance(result, list) else [result])
+        print(f"row {key!r}: {time.perf_counter() - started:.0f} s", flush=True)
+
+    print()
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(
+            json.dumps({name: m for name, m in rows}, indent=2, default=float)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Classic filters baseline: ridge responses and a logistic fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vessel_core import metrics, store
+from vessel_core.cases import Case
+from vessel_core.classic import ClassicFilters
+from vessel_core.knn import FitStopped
+from vessel_core.progress import StopFlag
+
+
+def line_case(
+    cid: str, angle: float, offset: float, seed: int, size: int = 160
+) -> Case:
+    """A noisy disc FOV with one dark straight vessel, 3 pixels wide."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    c = size / 2
+    fov = (yy - c) ** 2 + (xx - c) ** 2 <= (0.45 * size) ** 2
+    distance = np.abs((xx - c) * np.cos(angle) + (yy - c) * np.sin(angle) - offset)
+    green = (
+        150 + 8 * rng.standard_normal((size, size)) - 45 * np.exp(-(distance**2) / 2.5)
+    )
+    image = np.zeros((size, size, 3), np.uint8)
+    image[..., 0], image[..., 2] = 200, 60
+    image[..., 1] = np.clip(green, 0, 255)
+    image[~fov] = 0
+    return Case(cid, image, fov, fov & (distance <= 1.5))
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return [line_case("a", 0.0, -20, 1), line_case("b", 1.2, 10, 2)]
+
+
+@pytest.fixture(scope="module")
+def fitted(cases):
+    return ClassicFilters().fit(cases)
+
+
+def test_a_dark_line_is_found(fitted):
+    case = line_case("t", 0.5, 15, 9)
+    prob = fitted.predict_proba(case)
+    assert prob.dtype == np.float32 and prob.shape == case.fov_mask.shape
+    assert (prob[~case.fov_mask] == 0).all() and prob.max() <= 1.0
+    figures = metrics.score(case.vessel_mask, prob, case.fov_mask, fitted.threshold)
+    assert figures["auc_roc"] > 0.97
+    assert figures["f1"] > 0.6
+    names = fitted.meta["feature_names"]
+    assert names[0] == "hessian_ridge(s=1)" and names[-1] == "green"
+    assert len(fitted.coef_) == len(names) == 3 + 3 + 1
+
+
+def test_scikit_image_ridge_filters_can_be_chosen(cases):
+    model = ClassicFilters(ridge="sato", sigmas=[1, 2], morlet=False).fit(cases[:1])
+    assert model.feature_names() == ["sato(s=1,2)", "green"]
+    assert model.settings["sigmas"] == "1,2"
+    case = line_case("t", 0.5, 15, 9)
+    prob = model.predict_proba(case)
+    auc = metrics.score(case.vessel_mask, prob, case.fov_mask, model.threshold)
+    assert auc["auc_roc"] > 0.9
+
+
+def test_save_load_round_trip_gives_identical_maps(fitted, tmp_path):
+    loaded = store.load_model(store.save_model(fitted, tmp_path / "classic"))
+    assert isinstance(loaded, ClassicFilters)
+    assert loaded.threshold == fitted.threshold
+    case = line_case("t", 0.5, 15, 9)
+    np.testing.assert_allclose(
+        loaded.predict_proba(case), fitted.predict_proba(case), atol=1e-6
+    )
+
+
+def test_stop_flag_ends_the_fit(cases):
+    stop = StopFlag()
+    stop.set()
+    with pytest.raises(FitStopped):
+        ClassicFilters().fit(cases, stop=stop)
+
+
+def test_settings_are_checked():
+    assert ClassicFilters.default_settings()["ridge"] == "hessian"
+    with pytest.raises(ValueError, match="ridge must be one of"):
+        ClassicFilters(ridge="canny")
+    with pytest.raises(ValueError, match="sigmas must be"):
+        ClassicFilters(sigmas="1,x")
+    with pytest.raises(ValueError, match=r"no setting\(s\) \['k'\]"):
+        ClassicFilters(k=3)
+    with pytest.raises(ValueError, match="not fitted"):
+        ClassicFilters().predict_proba(np.zeros((8, 8, 3), np.uint8))
