@@ -215,9 +215,9 @@ def test_block_centres_and_filling():
     np.testing.assert_array_equal(filled[6, 3:6], 7.0)
 
 
-def test_block_rebuild_fills_whole_blocks(fitted, test_case):
-    blocky = KNNModel(**{**fitted.settings, "rebuild": "block", "smooth_sigma": 0.0})
-    blocky.classifier, blocky.meta = fitted.classifier, dict(fitted.meta)
+def test_block_rebuild_fills_whole_blocks(train_cases, test_case):
+    settings = {**SMALL, "patch_size": 3, "n_neighbors": 5, "smooth_sigma": 0.0}
+    blocky = KNNModel(**settings, rebuild="block").fit(train_cases[:2])
     prob = blocky.predict_proba(test_case)
     inner = np.zeros_like(test_case.fov_mask)
     inner[30:129, 30:129] = True  # whole 3x3 tiles well inside the FOV
@@ -242,7 +242,7 @@ def test_a_dark_line_is_found(fitted, test_case):
     assert meta["train_cases"] == ["a", "b", "c", "d"]
     assert meta["chosen_k"] in (1, 3, 5, 7)
     assert len(meta["cv_scores"]) == 4 * 2
-    assert meta["feature_names"][0] == "green[-1,-1]"
+    assert meta["feature_names"][0] == "green[+0,+0]"
     assert 0 < fitted.threshold < 1
 
 
@@ -273,7 +273,10 @@ def test_save_load_round_trip_gives_identical_maps(fitted, test_case, tmp_path):
     assert isinstance(loaded, KNNModel)
     assert loaded.threshold == fitted.threshold
     assert loaded.meta["chosen_k"] == fitted.meta["chosen_k"]
-    rows = np.random.default_rng(0).standard_normal((500, 18)).astype(np.float32)
+    n_features = fitted.classifier.n_features_in_
+    rows = (
+        np.random.default_rng(0).standard_normal((500, n_features)).astype(np.float32)
+    )
     np.testing.assert_array_equal(
         loaded.classifier.predict_proba(rows), fitted.classifier.predict_proba(rows)
     )
@@ -294,7 +297,7 @@ def test_chunked_model_prediction_equals_unchunked(fitted, test_case):
 
 
 def test_settings_are_checked():
-    assert KNNModel.default_settings()["patch_size"] == 3
+    assert KNNModel.default_settings()["features"] == "patch+bank"
     assert KNNModel.SETTING_CHOICES["rebuild"] == ["pixel", "block"]
     with pytest.raises(ValueError, match=r"KNNModel has no setting\(s\) \['colour'\]"):
         KNNModel(colour=True)

@@ -44,6 +44,7 @@ _DEFAULTS: dict[str, Any] = {
     "ridge": "hessian",
     "sigmas": "1,2,4",
     "morlet": True,
+    "squares": True,
     "smooth_sigma": 1.0,
     "pixels_per_case": 5000,
     "seed": 0,
@@ -63,6 +64,9 @@ class ClassicFilters:
         Scales in pixels at DRIVE's resolution (scaled with the FOV diameter).
     morlet : bool, default=True
         Add the Morlet wavelet responses at scales 3, 4 and 5.
+    squares : bool, default=True
+        Give the logistic fit the squares of the responses too (a quadratic
+        decision boundary: a response can matter more at its extremes).
     smooth_sigma : float, default=1.0
         Gaussian smoothing of the probability map inside the FOV (0: none).
     pixels_per_case : int, default=5000
@@ -91,7 +95,11 @@ class ClassicFilters:
     """
 
     kind = "classic"
-    SETTING_CHOICES = {"ridge": list(RIDGES), "morlet": [True, False]}
+    SETTING_CHOICES = {
+        "ridge": list(RIDGES),
+        "morlet": [True, False],
+        "squares": [True, False],
+    }
 
     def __init__(self, **settings: Any) -> None:
         unknown = sorted(set(settings) - set(_DEFAULTS))
@@ -208,7 +216,7 @@ class ClassicFilters:
         if y.all() or not y.any():
             raise ValueError("the training pixels hold only one class")
 
-        fit = LogisticRegression(max_iter=2000).fit(X, y)
+        fit = LogisticRegression(max_iter=3000).fit(self._terms(X), y)
         self.coef_ = fit.coef_[0].astype(np.float64)
         self.intercept_ = float(fit.intercept_[0])
 
@@ -253,11 +261,20 @@ class ClassicFilters:
 
     # -- predicting -------------------------------------------------------------------
 
+    def _terms(self, X: NDArray) -> NDArray:
+        """The logistic fit's inputs: the responses, and their squares if asked."""
+        return np.concatenate([X, X * X], axis=-1) if self.settings["squares"] else X
+
     def _probability(
         self, planes: NDArray, fov: NDArray[np.bool_]
     ) -> NDArray[np.float32]:
-        score = planes @ self.coef_.astype(np.float32) + np.float32(self.intercept_)
-        prob = (1.0 / (1.0 + np.exp(-score))).astype(np.float32)
+        n = planes.shape[-1]
+        coef = self.coef_.astype(np.float32)
+        score = planes @ coef[:n] + np.float32(self.intercept_)
+        if self.settings["squares"]:
+            score += (planes * planes) @ coef[n:]
+        # the logistic function, without overflow for very negative scores
+        prob = (0.5 * (1.0 + np.tanh(0.5 * score))).astype(np.float32)
         if self.settings["smooth_sigma"] > 0:
             prob = smooth_inside(prob, fov, self.settings["smooth_sigma"])
         prob[~fov] = 0.0
@@ -308,10 +325,11 @@ class ClassicFilters:
         with np.load(path, allow_pickle=False) as arrays:
             model.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
             model.intercept_ = float(arrays["intercept"])
-        if len(model.coef_) != len(model.feature_names()):
+        expected = len(model.feature_names()) * (2 if model.settings["squares"] else 1)
+        if len(model.coef_) != expected:
             raise ValueError(
-                f"{path}: {len(model.coef_)} coefficients stored, the settings name "
-                f"{len(model.feature_names())} responses"
+                f"{path}: {len(model.coef_)} coefficients stored, the settings need "
+                f"{expected}"
             )
         model.threshold = float(meta.get("threshold", 0.5))
         model.meta = {
@@ -345,6 +363,7 @@ def _resolve(settings: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(s["sigmas"], str):
         s["sigmas"] = ",".join(f"{float(v):g}" for v in s["sigmas"])
     s["morlet"] = bool(s["morlet"])
+    s["squares"] = bool(s["squares"])
     s["smooth_sigma"] = float(s["smooth_sigma"])
     if s["smooth_sigma"] < 0:
         raise ValueError(f"smooth_sigma must be >= 0, got {s['smooth_sigma']!r}")

@@ -21,8 +21,8 @@ DRIVE image at its own resolution.
 
 Memory: the patch values are not stored as separate planes; `FeaturePlanes` keeps
 the preprocessed channel and the bank, and builds feature rows for the pixels asked
-for (`FeaturePlanes.at`). A 3504 x 2336 HRF photograph needs about 0.7 GB of
-float32 planes for ``"patch+bank"``.
+for (`FeaturePlanes.at`). A 3504 x 2336 HRF photograph needs 10 float32 planes
+(about 0.33 GB) for ``"patch+bank"``, whatever the patch size.
 """
 
 from __future__ import annotations

