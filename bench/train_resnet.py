@@ -1,0 +1,129 @@
+"""Train the ResNet34 U-Net on DRIVE's training cases and score DRIVE's test cases.
+
+    python bench/train_resnet.py --preset quick --out models/resnet34-quick
+
+Prints one line per epoch (held-out figures), the wall time, and the test table
+(mean over the 20 test cases and pooled pixels, inside the FOV, at the threshold
+chosen on the held-out training cases). `bench_row` is the same run as a function
+for a comparison bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vessel_core import io, metrics, store  # noqa: E402
+from vessel_core.cases import split_cases, with_masks  # noqa: E402
+from vessel_core.progress import log_progress  # noqa: E402
+from vessel_core.resnet import ResNetUNet  # noqa: E402
+
+logger = logging.getLogger("train_resnet")
+
+TABLE_KEYS = ("f1", "auc_roc", "sensitivity", "specificity", "accuracy", "auc_pr")
+
+
+def drive_dir() -> Path:
+    """DRIVE's folder: $VESSEL_DRIVE_DIR, else ../shared/data/DRIVE."""
+    env = os.environ.get("VESSEL_DRIVE_DIR")
+    return Path(env) if env else ROOT.parent / "shared" / "data" / "DRIVE"
+
+
+def bench_row(train_cases, test_cases, preset: str = "quick", **settings):
+    """Train on ``train_cases``, score ``test_cases``: ``(name, figures, model)``.
+
+    ``figures`` holds the test Report's ``mean`` and ``pooled`` figures, the
+    threshold, the training wall time and the prediction seconds per image.
+    """
+    model = ResNetUNet(preset=preset, **settings)
+    start = time.perf_counter()
+    model.fit(train_cases, on_progress=log_progress(logger))
+    fit_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    maps = [model.predict_proba(case) for case in test_cases]
+    predict_seconds = (time.perf_counter() - start) / max(len(test_cases), 1)
+    report = metrics.evaluate(test_cases, maps, model.threshold)
+    figures = {
+        "mean": report.mean,
+        "pooled": report.pooled,
+        "threshold": model.threshold,
+        "fit_seconds": fit_seconds,
+        "predict_seconds_per_image": predict_seconds,
+        "epochs_run": model.meta["epochs_run"],
+        "best_epoch": model.meta["best_epoch"],
+        "pretrained": model.meta["pretrained"],
+    }
+    return f"resnet34-{preset}", figures, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=["quick", "full"], default="quick")
+    p.add_argument("--out", type=Path, help="save the trained model to this folder")
+    p.add_argument("--data", type=Path, default=None, help="DRIVE folder")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model setting, e.g. --set input=rgb (repeatable)",
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%X"
+    )
+
+    found = io.discover(args.data or drive_dir())
+    train = with_masks(split_cases(found.cases, "train"))
+    test = with_masks(split_cases(found.cases, "test"))
+    settings = dict(_parse_setting(text) for text in args.set)
+    logger.info(
+        "%d training and %d test cases; settings %s", len(train), len(test), settings
+    )
+
+    name, figures, model = bench_row(train, test, args.preset, **settings)
+    if args.out:
+        folder = store.save_model(model, args.out, overwrite=True)
+        logger.info("saved to %s", folder)
+
+    print(
+        f"\n{name}: trained {figures['fit_seconds'] / 60:.1f} min "
+        f"({figures['epochs_run']} epochs, best {figures['best_epoch']}, "
+        f"ImageNet weights: {figures['pretrained']}), threshold "
+        f"{figures['threshold']:.3f}, predict "
+        f"{figures['predict_seconds_per_image']:.2f} s/image"
+    )
+    print("DRIVE test (20 cases, inside the FOV)")
+    print(f"{'':8s}" + "".join(f"{k:>13s}" for k in TABLE_KEYS))
+    for row in ("mean", "pooled"):
+        print(f"{row:8s}" + "".join(f"{figures[row][k]:13.4f}" for k in TABLE_KEYS))
+    return 0
+
+
+def _parse_setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set expects KEY=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if lowered == "none":
+        return key, None
+    return key, value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

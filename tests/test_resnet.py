@@ -1,0 +1,536 @@
+"""Tests of the ResNet34 U-Net kind: tiny synthetic cases, tiny crops, the CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vessel_core import store
+from vessel_core._resnet_data import CropDataset, VesselLoss, network_input
+from vessel_core._resnet_fit import CHECKPOINT_FILE
+from vessel_core._resnet_net import (
+    RESNET34_FILE,
+    blend_window,
+    build_unet,
+    encoder_of,
+    fold_for_inference,
+    predict_tiled,
+    resolve_pretrained,
+    tile_starts,
+)
+from vessel_core.cases import Case
+from vessel_core.resnet import PRESETS, ResNetUNet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Small and fast: 32-pixel crops, 4 per batch, 2 short epochs, tiny tiles.
+TINY = {
+    "crop_size": 32,
+    "batch_size": 4,
+    "epochs": 2,
+    "crops_per_epoch": 12,
+    "val_cases": 1,
+    "tile_size": 64,
+    "tile_overlap": 16,
+    "max_minutes": 0,
+    "lr": 1e-3,
+}
+
+ARCH = {"last_cross": False, "self_attention": False, "blur": False}
+
+
+def tiny_case(case_id: str, seed: int, shape=(96, 96)) -> Case:
+    """A dark disc FOV crossed by a few darker lines (the vessels)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    rows, cols = np.mgrid[:h, :w]
+    fov = (rows - h / 2) ** 2 + (cols - w / 2) ** 2 < (0.45 * min(h, w)) ** 2
+    vessel = np.zeros(shape, bool)
+    for _ in range(4):
+        angle = rng.uniform(0, np.pi)
+        offset = rng.uniform(-0.3, 0.3) * min(h, w)
+        distance = (cols - w / 2) * np.cos(angle) + (rows - h / 2) * np.sin(angle)
+        vessel |= np.abs(distance - offset) < 1.5
+    vessel &= fov
+    image = np.zeros((h, w, 3), np.uint8)
+    image[fov] = (150, 90, 40)
+    image[vessel] = (110, 40, 20)
+    noise = rng.integers(0, 12, size=image.shape, dtype=np.uint8)
+    image = np.where(fov[..., None], image + noise, 0).astype(np.uint8)
+    return Case(case_id, image, fov, vessel)
+
+
+@pytest.fixture(scope="module")
+def empty_torch_cache(tmp_path_factory):
+    """A torch hub folder without weight files, for the whole module."""
+    old = torch.hub.get_dir()
+    folder = tmp_path_factory.mktemp("torch_hub")
+    torch.hub.set_dir(str(folder))
+    yield folder
+    torch.hub.set_dir(old)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return [tiny_case(f"t{i}", seed=i) for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def trained(cases, empty_torch_cache):
+    """A model fitted for 2 tiny epochs, with every progress event it sent."""
+    events = []
+    model = ResNetUNet(**TINY).fit(cases, on_progress=events.append)
+    return model, events
+
+
+# ---------------------------------------------------------------------------
+# Settings
+
+
+def test_preset_fills_only_unset_settings():
+    model = ResNetUNet(preset="full", epochs=3)
+    assert model.settings["epochs"] == 3
+    assert model.settings["crop_size"] == PRESETS["full"]["crop_size"]
+    assert ResNetUNet().settings["crop_size"] == PRESETS["quick"]["crop_size"]
+
+
+def test_default_settings_are_flat_and_cover_the_face():
+    defaults = ResNetUNet.default_settings()
+    for key in (
+        "preset",
+        "crop_size",
+        "epochs",
+        "lr",
+        "batch_size",
+        "vessel_crop_share",
+        "pretrained",
+        "val_cases",
+        "seed",
+    ):
+        assert key in defaults
+    assert defaults["pretrained"] == "auto"
+    assert all(not isinstance(v, dict | list) for v in defaults.values())
+    assert ResNetUNet.SETTING_CHOICES["preset"] == ["quick", "full"]
+    assert ResNetUNet.kind == "resnet34"
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"crop_sise": 64}, "no setting"),
+        ({"preset": "slow"}, "preset must be one of"),
+        ({"crop_size": 50}, "multiple of 32"),
+        ({"vessel_crop_share": 1.5}, r"vessel_crop_share must be in \[0, 1\]"),
+        ({"batch_size": 32, "crops_per_epoch": 16}, "at least batch_size"),
+        ({"pretrained": "maybe"}, "pretrained must be"),
+        ({"epochs": 2.5}, "whole number"),
+    ],
+)
+def test_bad_settings_raise(settings, match):
+    with pytest.raises(ValueError, match=match):
+        ResNetUNet(**settings)
+
+
+def test_string_settings_from_a_command_line_are_parsed():
+    model = ResNetUNet(pretrained="no", last_cross="true", epochs="4")
+    assert model.settings["pretrained"] is False
+    assert model.settings["last_cross"] is True
+    assert model.settings["epochs"] == 4
+
+
+# ---------------------------------------------------------------------------
+# Input, crops, loss
+
+
+def test_rgb_input_is_standardised_inside_the_fov():
+    case = tiny_case("a", 0)
+    x = network_input(case.image, case.fov_mask, "rgb")
+    assert x.shape == (96, 96, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(x[case.fov_mask].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(x[case.fov_mask].std(0), 1, atol=1e-3)
+
+
+def test_green_input_repeats_one_channel():
+    case = tiny_case("a", 0)
+    x = network_input(case.image, case.fov_mask, "green")
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])
+    assert abs(float(x[case.fov_mask, 0].mean())) < 1e-4
+
+
+def test_crops_hold_class_indices_and_repeat_by_seed_and_epoch():
+    case = tiny_case("a", 0)
+    centres = {"a": np.argwhere(case.vessel_mask).astype(np.int32)}
+    ds = CropDataset([case], centres, 32, 8, 1.0, 0.0, 0.1, "rgb", seed=3)
+    x, y, fov = ds[5]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert y.shape == (32, 32) and y.dtype == torch.int64
+    assert set(torch.unique(y).tolist()) <= {0, 1}
+    assert fov.dtype == torch.float32
+    # every crop is centred on a vessel pixel (a flip moves the centre by one)
+    for i in range(8):
+        assert ds[i][1][15:17, 15:17].any()
+    torch.testing.assert_close(ds[5][0], x)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[5][0], x)
+
+
+def test_rotated_crops_keep_labels_binary():
+    case = tiny_case("a", 0)
+    ds = CropDataset([case], {}, 32, 4, 0.0, 30.0, 0.1, "green", seed=0)
+    for i in range(4):
+        assert set(torch.unique(ds[i][1]).tolist()) <= {0, 1}
+
+
+def test_loss_by_hand():
+    # four FOV pixels, all vessel, predicted 0.5: CE = ln 2, Dice = 5 / 7
+    logits = torch.zeros(1, 2, 2, 2)
+    target = torch.ones(1, 2, 2, dtype=torch.long)
+    fov = torch.ones(1, 2, 2)
+    loss = VesselLoss()(logits, target, fov)
+    assert float(loss) == pytest.approx(math.log(2) + 2 / 7, rel=1e-6)
+
+
+def test_loss_ignores_pixels_outside_the_fov():
+    rng = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 4, 4, generator=rng)
+    target = torch.randint(0, 2, (2, 4, 4), generator=rng)
+    fov = torch.ones(2, 4, 4)
+    fov[:, 0] = 0
+    changed = logits.clone()
+    changed[:, :, 0] = 50.0
+    loss = VesselLoss()
+    assert float(loss(logits, target, fov)) == pytest.approx(
+        float(loss(changed, target, fov)), rel=1e-6
+    )
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+def test_fit_sends_batch_and_epoch_events_and_the_loss_goes_down(trained):
+    model, events = trained
+    batches = [e for e in events if e.step == "batch"]
+    epochs = [e for e in events if e.step == "epoch"]
+    assert len(batches) == 2 * 3  # 2 epochs of 12 crops in batches of 4
+    assert [e.done for e in batches] == list(range(1, 7))
+    assert len(epochs) == 2
+    for key in ("dice", "f1", "sensitivity", "specificity", "auc_roc"):
+        assert key in epochs[-1].metrics
+    losses = [e.metrics["loss"] for e in batches]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    assert events[-1].step == "done"
+
+
+def test_fit_fills_meta(trained, cases):
+    model, _ = trained
+    meta = model.meta
+    assert meta["pretrained"] is False
+    assert sorted(meta["train_cases"]) == ["t0", "t1", "t2"]
+    assert len(meta["val_cases"]) == 1
+    assert meta["epochs_run"] == 2
+    assert meta["device"] == "cpu"
+    assert set(meta["scores"]["val"]) >= {"f1", "auc_roc", "threshold"}
+    assert 0.0 <= model.threshold <= 1.0
+    assert model.threshold == meta["scores"]["val"]["threshold"]
+    json.dumps(meta)  # model.json must hold it
+
+
+def test_stop_request_ends_within_one_batch_and_keeps_a_usable_model(cases):
+    stop = threading.Event()
+    events = []
+
+    def listen(event):
+        events.append(event)
+        if event.step == "batch" and event.done == 2:
+            stop.set()
+
+    model = ResNetUNet(**{**TINY, "pretrained": False}).fit(
+        cases, on_progress=listen, stop=stop
+    )
+    assert [e.done for e in events if e.step == "batch"] == [1, 2]
+    assert model.meta["stopped_early"] == "stop requested"
+    prob = model.predict_proba(cases[0])
+    assert prob.shape == cases[0].shape
+
+
+def test_checkpoint_resume_runs_only_the_missing_epochs(cases, tmp_path):
+    settings = {**TINY, "pretrained": False, "checkpoint_dir": str(tmp_path)}
+    stop = threading.Event()
+
+    def stop_after_first_epoch(event):
+        if event.step == "epoch":
+            stop.set()
+
+    first = ResNetUNet(**settings).fit(
+        cases, on_progress=stop_after_first_epoch, stop=stop
+    )
+    assert first.meta["epochs_run"] == 1
+    assert (tmp_path / CHECKPOINT_FILE).is_file()
+
+    events = []
+    second = ResNetUNet(**settings, resume=True).fit(cases, on_progress=events.append)
+    batches = [e.done for e in events if e.step == "batch"]
+    assert batches == [4, 5, 6]  # epoch 2 only
+    assert second.meta["epochs_run"] == 2
+    assert [h["epoch"] for h in second.meta["history"]] == [1, 2]
+
+
+# ---------------------------------------------------------------------------
+# Prediction
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (101, 67), (150, 131)])
+def test_prediction_has_exactly_the_input_size(trained, shape):
+    model, _ = trained
+    case = tiny_case("odd", 7, shape)
+    prob = model.predict_proba(case)
+    assert prob.shape == shape and prob.dtype == np.float32
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    assert not prob[~case.fov_mask].any()
+
+
+def test_prediction_of_a_bare_image_estimates_the_fov(trained):
+    model, _ = trained
+    case = tiny_case("bare", 8, (90, 110))
+    prob = model.predict_proba(case.image)
+    assert prob.shape == (90, 110)
+
+
+def _box_logits(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in network: a 7x7 box filter with zero padding (border effects)."""
+    kernel = torch.full((1, x.shape[1], 7, 7), 1.0 / (49 * x.shape[1]))
+    vessel = torch.nn.functional.conv2d(x, kernel, padding=3)
+    return torch.cat([torch.zeros_like(vessel), vessel], dim=1)
+
+
+def test_tiles_blend_without_seams_on_a_constant_image():
+    x = np.full((200, 170, 3), 0.7, np.float32)
+    shapes = []
+
+    def forward(t):
+        shapes.append(tuple(t.shape[-2:]))
+        return _box_logits(t)
+
+    prob = predict_tiled(forward, x, None, tile_size=64, overlap=16)
+    expected = 1 / (1 + math.exp(-0.7))
+    assert len(shapes) > 4
+    assert all(s[0] <= 64 and s[1] <= 64 for s in shapes)
+    np.testing.assert_allclose(prob, expected, atol=2e-4)
+
+
+def test_tiles_without_overlap_would_show_seams():
+    # the control of the test above: hard tile edges see the zero padding
+    x = np.full((200, 170, 3), 0.7, np.float32)
+    prob = predict_tiled(_box_logits, x, None, tile_size=64, overlap=0)
+    assert np.abs(prob - 1 / (1 + math.exp(-0.7))).max() > 0.01
+
+
+def test_tile_starts_and_window_by_hand():
+    assert tile_starts(50, 64, 16) == [0]
+    assert tile_starts(160, 64, 16) == [0, 48, 96]  # 3 tiles overlapping 16
+    w = blend_window(20, 8)
+    np.testing.assert_allclose(w, w[::-1])
+    # the outer 8 // 4 = 2 pixels get the floor, then a cosine over 6 pixels
+    np.testing.assert_allclose(w[:2], 1e-3)
+    assert w[2] == pytest.approx(0.5 - 0.5 * math.cos(math.pi * 0.5 / 6))
+    assert w[8] == pytest.approx(1.0)
+
+
+def test_skipped_tiles_outside_the_fov_are_never_computed():
+    x = np.zeros((300, 300, 3), np.float32)
+    fov = np.zeros((300, 300), bool)
+    fov[10:40, 10:40] = True
+    shapes = []
+
+    def forward(t):
+        shapes.append(tuple(t.shape[-2:]))
+        return _box_logits(t)
+
+    prob = predict_tiled(forward, x, fov, tile_size=64, overlap=16)
+    assert shapes == [(64, 64)]  # the FOV's box only
+    assert not prob[100:].any()
+
+
+def test_folding_batch_norm_keeps_the_output():
+    torch.manual_seed(0)
+    net = build_unet({**ARCH, "decoder_norm": "batch"})
+    # give the BNs non-trivial statistics
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(2, 3, 64, 64))
+    net.eval()
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        before = net(x).clone()
+        fast = build_unet({**ARCH, "decoder_norm": "batch"})
+        fast.load_state_dict(net.state_dict())
+        after = fold_for_inference(fast)(
+            x.contiguous(memory_format=torch.channels_last)
+        )
+    torch.testing.assert_close(after.float(), before.float(), atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------
+# Saving
+
+
+def test_save_and_load_give_the_same_map_here_and_in_a_fresh_process(
+    trained, cases, tmp_path
+):
+    model, _ = trained
+    folder = store.save_model(model, tmp_path / "rn")
+    state = torch.load(folder / "weights.pt", weights_only=True)
+    assert all(
+        v.dtype == torch.float16 for v in state.values() if v.is_floating_point()
+    )
+
+    loaded = store.load_model(folder)
+    assert loaded.kind == "resnet34"
+    assert loaded.threshold == pytest.approx(model.threshold)
+    case = cases[0]
+    here = loaded.predict_proba(case)
+    # a fitted model already holds its weights rounded as saved: the same map
+    np.testing.assert_allclose(here, model.predict_proba(case), atol=1e-5)
+
+    np.save(tmp_path / "image.npy", case.image)
+    np.save(tmp_path / "fov.npy", case.fov_mask)
+    script = (
+        "import sys, numpy as np\n"
+        "from vessel_core import store\n"
+        "from vessel_core.cases import Case\n"
+        "d = sys.argv[1]\n"
+        "m = store.load_model(d + '/rn')\n"
+        "c = Case('x', np.load(d + '/image.npy'), np.load(d + '/fov.npy'))\n"
+        "np.save(d + '/map.npy', m.predict_proba(c))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "map.npy"), here, atol=1e-5)
+
+
+def test_load_without_weights_names_the_file(tmp_path):
+    with pytest.raises(ValueError, match="weights.pt: missing"):
+        ResNetUNet.load_files(tmp_path, {"settings": {}})
+
+
+# ---------------------------------------------------------------------------
+# ImageNet weights from the local torch cache only
+
+
+def test_pretrained_weights_come_from_the_torch_cache(cases, tmp_path):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        import torchvision
+
+        torch.manual_seed(123)
+        reference = torchvision.models.resnet34(weights=None).state_dict()
+        (tmp_path / "checkpoints").mkdir()
+        torch.save(reference, tmp_path / "checkpoints" / RESNET34_FILE)
+
+        path = resolve_pretrained("auto")
+        assert path == tmp_path / "checkpoints" / RESNET34_FILE
+        net = build_unet({**ARCH, "decoder_norm": "batch"}, path, seed=0)
+        encoder = encoder_of(net)
+        torch.testing.assert_close(encoder[0].weight, reference["conv1.weight"])
+        torch.testing.assert_close(
+            encoder[6][0].conv1.weight, reference["layer3.0.conv1.weight"]
+        )
+
+        settings = {**TINY, "epochs": 1, "crops_per_epoch": 4, "val_cases": 0}
+        model = ResNetUNet(**settings).fit(cases)
+        assert model.meta["pretrained"] is True
+        assert model.meta["pretrained_file"] == str(path)
+    finally:
+        torch.hub.set_dir(old)
+
+
+def test_pretrained_true_without_the_file_refuses_to_download(tmp_path):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        assert resolve_pretrained("auto") is None
+        with pytest.raises(ValueError, match="nothing is downloaded"):
+            resolve_pretrained(True)
+    finally:
+        torch.hub.set_dir(old)
+
+
+# ---------------------------------------------------------------------------
+# int8 prediction, threads, float16 weights
+
+
+def test_int8_prediction_stays_close_to_float32_and_survives_saving(
+    trained, cases, tmp_path
+):
+    model, _ = trained
+    case = cases[0]
+    exact = model.predict_proba(case)
+    try:
+        assert model.calibrate_int8(cases)
+        model.use_precision("int8")
+        quick = model.predict_proba(case)
+        folder = store.save_model(model, tmp_path / "q")
+        assert (folder / "int8_ranges.pt").is_file()
+        loaded = store.load_model(folder)
+        assert loaded.settings["precision"] == "int8"
+        np.testing.assert_allclose(loaded.predict_proba(case), quick, atol=1e-6)
+        plain = store.load_model(store.save_model(model, tmp_path / "f32"))
+        plain.use_precision("float32")
+        assert plain.settings["precision"] == "float32"
+    finally:
+        model.use_precision("float32")
+    assert quick.shape == exact.shape
+    inside = case.fov_mask
+    # a barely trained network quantizes worse than a trained one (on DRIVE the
+    # maps differ by 0.004 on average); the int8 map must still follow the float one
+    r = np.corrcoef(quick[inside], exact[inside])[0, 1]
+    assert r > 0.8
+
+
+def test_use_precision_names_the_choices(trained):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        trained[0].use_precision("float16")
+
+
+def test_thread_policy_leaves_the_busy_cores_alone():
+    from vessel_core._resnet_threads import ThreadPolicy
+
+    policy = ThreadPolicy()
+    policy.cores = 2
+    policy.others = 1.0  # another process holds a whole core
+    assert policy.threads() == 1
+    policy.others = 0.1
+    assert policy.threads() == 2
+    policy.others = 5.0
+    assert policy.threads() == 1
+    assert ThreadPolicy(fixed=3).threads() == 3
+
+
+def test_saved_weights_are_float16_unless_too_large():
+    from vessel_core.resnet import _as_saved
+
+    state = {
+        "w": torch.tensor([0.1, -2.0]),
+        "v": torch.tensor([1e6]),
+        "n": torch.tensor(3),
+    }
+    saved = _as_saved(state)
+    assert saved["w"].dtype == torch.float16
+    assert saved["v"].dtype == torch.float32  # 1e6 is beyond float16's 65504
+    assert saved["n"].dtype == torch.int64

@@ -1,0 +1,803 @@
+"""The ResNet34 U-Net model kind (``"resnet34"``): a fastai `DynamicUnet`.
+
+The encoder is torchvision's resnet34, the decoder fastai's `DynamicUnet`, with two
+output classes per pixel (background, vessel); the softmax of the vessel class is
+the probability map. It trains on random crops of the loaded cases (never on files
+fastai finds itself) with fastai's one-cycle schedule, keeps the weights that score
+best on a few held-out cases, and predicts any image size tile by tile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vessel_core.cases import Case, fingerprint_cases, with_masks
+from vessel_core.progress import Progress, emit
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.pt"
+INT8_FILE = "int8_ranges.pt"
+
+#: The largest magnitude float16 holds; a tensor beyond it is saved as float32.
+_FLOAT16_MAX = 65504.0
+
+#: What each preset fills in for the settings left at None.
+PRESETS: dict[str, dict[str, Any]] = {
+    # minutes on a 2-core CPU from random weights
+    "quick": {
+        "crop_size": 64,
+        "batch_size": 8,
+        "epochs": 12,
+        "crops_per_epoch": 640,
+        "lr": 3e-3,
+        "weight_decay": 0.01,
+        "vessel_crop_share": 0.7,
+        "rotation": 15.0,
+        "jitter": 0.1,
+        "dice_weight": 1.0,
+        "input": "green",
+        "val_cases": 2,
+        "max_minutes": 14.0,
+    },
+    # 100k crops of 128 px: ~10 h on this 2-core CPU, minutes on a GPU; meant to
+    # run with checkpoint_dir and be resumed
+    "full": {
+        "crop_size": 128,
+        "batch_size": 16,
+        "epochs": 50,
+        "crops_per_epoch": 2000,
+        "lr": 2e-3,
+        "weight_decay": 0.01,
+        "vessel_crop_share": 0.6,
+        "rotation": 30.0,
+        "jitter": 0.15,
+        "dice_weight": 1.0,
+        "input": "green",
+        "val_cases": 3,
+        "max_minutes": 0.0,
+    },
+}
+
+_DEFAULTS: dict[str, Any] = {
+    "preset": "quick",
+    **dict.fromkeys(PRESETS["quick"]),
+    "pretrained": "auto",
+    "last_cross": False,
+    "self_attention": False,
+    "blur": False,
+    "decoder_norm": "batch",
+    "tile_size": 640,
+    "tile_overlap": 64,
+    "precision": "float32",
+    "checkpoint_dir": None,
+    "resume": False,
+    "num_threads": 0,
+    "device": "auto",
+    "seed": 0,
+}
+
+_INTEGERS = ("crop_size", "batch_size", "epochs", "crops_per_epoch", "val_cases")
+_INTEGERS += ("tile_size", "tile_overlap", "num_threads", "seed")
+_FLOATS = ("lr", "weight_decay", "vessel_crop_share", "rotation", "jitter")
+_FLOATS += ("dice_weight", "max_minutes")
+_BOOLS = ("last_cross", "self_attention", "blur", "resume")
+
+
+class ResNetUNet:
+    """A U-Net with a ResNet34 encoder (fastai `DynamicUnet`) for vessel maps.
+
+    Parameters
+    ----------
+    preset : {"quick", "full"}, default="quick"
+        Fills every setting left at None: ``"quick"`` trains within 14 minutes on
+        a 2-core CPU (64-pixel crops in batches of 8, the schedule following the
+        clock), ``"full"`` is meant for hours on a CPU or minutes on a GPU
+        (128-pixel crops, 50 epochs of 2000) with ``checkpoint_dir`` and
+        ``resume``.
+    crop_size, batch_size, epochs, crops_per_epoch : int, optional
+        Random training crops: side in pixels, per batch, epochs of the one-cycle
+        schedule, crops per epoch.
+    lr, weight_decay : float, optional
+        Peak learning rate of fastai's one-cycle schedule (Adam) and weight decay.
+    vessel_crop_share : float, optional
+        Share of crops centred on the pixels the undersampling selection chose
+        (vessels and the band near them); the rest are centred anywhere in the FOV.
+    rotation, jitter : float, optional
+        Largest arbitrary rotation (degrees) and brightness/contrast jitter; every
+        crop also gets a random flip and multiple of 90 degrees.
+    dice_weight : float, optional
+        Loss = cross-entropy + ``dice_weight`` * (1 - soft Dice), inside the FOV.
+    input : {"rgb", "green"}, optional
+        Network input: the RGB image standardised in the FOV, or its green channel
+        after CLAHE, standardised and repeated three times.
+    val_cases : int, optional
+        Training cases held out (chosen with ``seed``) to pick the best epoch and
+        the threshold; 0 keeps the last epoch and a threshold of 0.5.
+    pretrained : {"auto", True, False}, default="auto"
+        ImageNet weights for the encoder, only from torchvision's file already in
+        the local torch cache (``torch.hub.get_dir()/checkpoints``); nothing is
+        downloaded. ``"auto"`` uses it when present, else random weights.
+    last_cross, self_attention, blur : bool
+        `DynamicUnet` options. ``last_cross`` adds a full-resolution residual
+        block on the image concatenated to the decoder output (about 60% more
+        computation); off by default.
+    decoder_norm : {"batch", "none"}, default="batch"
+        Batch norm in the decoder's convolutions (folded away for prediction).
+    tile_size, tile_overlap : int
+        Prediction tiles: largest side (a DRIVE image fits in one) and the overlap
+        blended between neighbours.
+    precision : {"float32", "int8"}, default="float32"
+        Arithmetic of CPU prediction. ``"int8"`` runs the network quantized
+        (weights per channel, activations per tensor, ranges calibrated on the
+        held-out cases at the end of `fit`, or by `calibrate_int8`, and saved with
+        the model); on a GPU prediction is always float32.
+    max_minutes : float, optional
+        Time budget of the whole fit (0: none). The one-cycle schedule follows
+        whichever is further along, the batches or the clock, so on a busy machine
+        the learning rate anneals sooner and the fit ends on time, validated.
+    checkpoint_dir : str, optional
+        Folder for a checkpoint after every epoch; with ``resume=True`` a fit with
+        the same settings and cases continues from it.
+    resume : bool, default=False
+    num_threads : int, default=0
+        torch CPU threads; 0 follows the cores other processes leave free
+        (measured every 5 s while training and at each prediction), because
+        torch's threads stall each other on a core shared with another process.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        ``"auto"``: CUDA when present, else the CPU.
+    seed : int, default=0
+        Fixes the held-out cases, the initial weights and every crop.
+
+    Attributes
+    ----------
+    kind : str
+        ``"resnet34"``.
+    threshold : float
+        Best F1 threshold on the held-out cases.
+    meta : dict
+        Settings, training cases and fingerprint, held-out scores, the per-epoch
+        history, whether ImageNet weights were used, epochs run, device.
+    """
+
+    kind = "resnet34"
+    SETTING_CHOICES = {
+        "preset": ["quick", "full"],
+        "input": ["rgb", "green"],
+        "decoder_norm": ["batch", "none"],
+        "device": ["auto", "cpu", "cuda"],
+        "precision": ["float32", "int8"],
+    }
+
+    def __init__(self, **settings: Any) -> None:
+        unknown = sorted(set(settings) - set(_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"ResNetUNet has no setting(s) {unknown}; its settings are "
+                f"{sorted(_DEFAULTS)}"
+            )
+        self.settings = _resolve({**_DEFAULTS, **settings})
+        self.threshold = 0.5
+        self.meta: dict[str, Any] = {"settings": dict(self.settings)}
+        self.net = None
+        self._fast_net = None
+        self._threads = None
+        self._int8_ranges = None
+
+    @classmethod
+    def default_settings(cls) -> dict[str, Any]:
+        """Every setting with its default; None means "from the preset"."""
+        return dict(_DEFAULTS)
+
+    # -----------------------------------------------------------------------
+    # Training
+
+    def fit(
+        self,
+        cases: Sequence[Case],
+        selection=None,
+        on_progress: Callable[[Progress], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> ResNetUNet:
+        """Train on ``cases`` (those with a vessel mask).
+
+        Parameters
+        ----------
+        cases : sequence of Case
+        selection : vessel_core.sampling.Selection, optional
+            Chosen pixels per case; ``vessel_crop_share`` of the crops are centred
+            on them. Default: the ``"near_vessels"`` selection with ``seed``.
+        on_progress : callable, optional
+            Gets a ``"batch"`` event after every batch (``loss``) and an
+            ``"epoch"`` event after every epoch (``train_loss``, ``dice``, ``f1``,
+            ``sensitivity``, ``specificity``, ``auc_roc``, ``threshold`` on the
+            held-out cases), then ``"done"``.
+        stop : threading.Event, optional
+            When set, training ends within one batch; the best weights so far are
+            kept and the model is usable.
+
+        Returns
+        -------
+        ResNetUNet
+            ``self``.
+        """
+
+        from vessel_core import _resnet_fit as rf
+        from vessel_core import _resnet_net as rn
+        from vessel_core._resnet_data import CropDataset
+
+        s = self.settings
+        started = time.monotonic()
+        train, val = self._split(cases)
+        device = self._device()
+        threads = self._thread_policy(device)
+
+        centres = _crop_centres(train, selection, s["seed"])
+        dataset = CropDataset(
+            train,
+            centres,
+            s["crop_size"],
+            s["crops_per_epoch"],
+            s["vessel_crop_share"],
+            s["rotation"],
+            s["jitter"],
+            s["input"],
+            s["seed"],
+        )
+        weight_file = rn.resolve_pretrained(s["pretrained"])
+        logger.info(
+            "resnet34 U-Net: %s encoder weights, %d training + %d held-out cases, %s",
+            "ImageNet" if weight_file else "random",
+            len(train),
+            len(val),
+            device,
+        )
+        net = rn.build_unet(_arch(s), weight_file, seed=s["seed"]).to(device)
+
+        state = rf.FitState()
+        identity = self._identity(train, val)
+        folder = Path(s["checkpoint_dir"]) if s["checkpoint_dir"] else None
+        budget = None
+        if s["max_minutes"]:
+            budget = (started, started + 60.0 * s["max_minutes"])
+        holder: dict[str, Any] = {}
+
+        def checkpoint(epoch: int) -> None:
+            rf.save_checkpoint(folder, epoch, holder["learn"], state, identity)
+
+        events = rf.TrainingEvents(
+            dataset,
+            state,
+            val,
+            rf.prepare_inputs(val, s["input"]),
+            device,
+            s["tile_size"],
+            s["tile_overlap"],
+            on_progress,
+            stop,
+            budget,
+            checkpoint if folder is not None else None,
+            threads,
+        )
+        learn = rf.make_learner(
+            net,
+            dataset,
+            s["batch_size"],
+            device,
+            s["dice_weight"],
+            s["weight_decay"],
+            [events],
+        )
+        holder["learn"] = learn
+
+        start_epoch = 0
+        if folder is not None and s["resume"]:
+            data = rf.load_checkpoint(folder, identity)
+            if data is not None:
+                start_epoch = rf.restore(learn, state, data)
+                logger.info("resuming from %s after epoch %d", folder, start_epoch)
+
+        if start_epoch < s["epochs"]:
+            learn.fit_one_cycle(
+                s["epochs"],
+                lr_max=s["lr"],
+                wd=s["weight_decay"],
+                start_epoch=start_epoch,
+            )
+
+        self._finish(
+            net,
+            state,
+            val,
+            device,
+            stop,
+            weight_file,
+            train,
+            time.monotonic() - started,
+        )
+        emit(
+            on_progress,
+            Progress(
+                "done",
+                state.epochs_run,
+                s["epochs"],
+                dict(state.best_scores),
+                f"resnet34 trained {state.epochs_run} epoch(s)"
+                + (f", stopped early ({state.stopped})" if state.stopped else "")
+                + f"; best epoch {state.best_epoch}, threshold {self.threshold:.3f}",
+            ),
+        )
+        return self
+
+    def _split(self, cases: Sequence[Case]) -> tuple[list[Case], list[Case]]:
+        """Training and held-out cases (``val_cases`` of them, chosen by seed)."""
+        cases = with_masks(cases)
+        if not cases:
+            raise ValueError("fit needs at least one case with a vessel mask, got none")
+        for case in cases:
+            if case.image.ndim != 3 or case.image.shape[2] != 3:
+                raise ValueError(
+                    f"case {case.id}: image must be (H, W, 3), got {case.image.shape}"
+                )
+            small = min(case.shape)
+            if small < 32:
+                raise ValueError(
+                    f"case {case.id}: image is {case.shape}, at least 32 pixels a "
+                    "side are needed"
+                )
+        n_val = min(self.settings["val_cases"], len(cases) - 1)
+        if n_val < self.settings["val_cases"]:
+            warnings.warn(
+                f"val_cases={self.settings['val_cases']} but only {len(cases)} "
+                f"case(s) with a vessel mask; holding out {n_val}",
+                stacklevel=3,
+            )
+        rng = np.random.default_rng(self.settings["seed"])
+        held = set(rng.permutation(len(cases))[:n_val].tolist())
+        train = [c for i, c in enumerate(cases) if i not in held]
+        val = [c for i, c in enumerate(cases) if i in held]
+        return train, val
+
+    def _identity(self, train: Sequence[Case], val: Sequence[Case]) -> dict:
+        """What a checkpoint must match to be resumed."""
+        keep = {k: v for k, v in self.settings.items() if k not in _RUN_ONLY}
+        return {
+            "settings": _jsonable(keep),
+            "train_fingerprint": fingerprint_cases(train),
+            "val_fingerprint": fingerprint_cases(val),
+        }
+
+    def _finish(self, net, state, val, device, stop, weight_file, train, seconds):
+        """Load the best weights, pick the threshold, fill ``meta``."""
+        from vessel_core import _resnet_fit as rf
+
+        if state.best_state is None and state.epochs_run == 0 and val:
+            # stopped inside the first epoch: score what there is
+            result = rf.validate(
+                net,
+                rf.prepare_inputs(val, self.settings["input"]),
+                val,
+                device,
+                self.settings["tile_size"],
+                self.settings["tile_overlap"],
+            )
+            scores, _ = result
+            state.best_scores = scores
+            state.best_threshold = scores["threshold"]
+        if state.best_state is not None:
+            net.load_state_dict(state.best_state)
+        # the weights as they will be saved, so a saved model predicts the same map
+        net.load_state_dict(_as_saved(net.state_dict()), strict=True)
+        net.eval()
+        self.net = net
+        self._fast_net = None
+        self._int8_ranges = None
+        if self.settings["precision"] == "int8":
+            self.calibrate_int8(val or train)
+        self.threshold = float(state.best_threshold) if val else 0.5
+        self.meta = {
+            "settings": dict(self.settings),
+            "train_cases": [c.id for c in train] + [c.id for c in val],
+            "train_fingerprint": fingerprint_cases(list(train) + list(val)),
+            "fit_cases": [c.id for c in train],
+            "val_cases": [c.id for c in val],
+            "scores": {"val": dict(state.best_scores)} if val else {},
+            "history": list(state.history),
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epochs_run,
+            "batches_run": state.batches_run,
+            "stopped_early": state.stopped,
+            "pretrained": weight_file is not None,
+            "pretrained_file": str(weight_file) if weight_file else None,
+            "device": str(device),
+            "fit_seconds": round(seconds, 1),
+            "training_fov_diameter": _median_fov_diameter(list(train) + list(val)),
+        }
+
+    # -----------------------------------------------------------------------
+    # Prediction
+
+    def predict_proba(self, case_or_image: Case | NDArray) -> NDArray[np.float32]:
+        """The vessel probability map of a case or an RGB image.
+
+        Parameters
+        ----------
+        case_or_image : Case or (H, W, 3) uint8 ndarray
+            An image without a case gets its FOV from
+            `vessel_core.io.estimate_fov`.
+
+        Returns
+        -------
+        (H, W) float32 ndarray
+            Probabilities in [0, 1], exactly the input's size; 0 outside the FOV.
+
+        Notes
+        -----
+        The FOV's bounding box is predicted in tiles of at most ``tile_size``
+        pixels a side (one tile for a DRIVE image), overlapping by
+        ``tile_overlap`` pixels blended with raised-cosine weights; tiles with no
+        FOV pixel are skipped. Memory is bounded by one tile.
+        """
+        import torch
+
+        from vessel_core import _resnet_net as rn
+        from vessel_core._resnet_data import network_input
+
+        if self.net is None:
+            raise ValueError(
+                "this ResNetUNet is not trained: call fit or load it first"
+            )
+        image, fov = _image_and_fov(case_or_image)
+        net = self._inference_net()
+        device = next(net.parameters()).device
+        policy = self._thread_policy(device)
+        if policy is not None:
+            policy.update(force=True)
+        x = network_input(image, fov, self.settings["input"])
+        with torch.inference_mode():
+            prob = rn.predict_tiled(
+                net,
+                x,
+                fov,
+                self.settings["tile_size"],
+                self.settings["tile_overlap"],
+                device=device,
+                channels_last=device.type == "cpu",
+            )
+        prob[~fov] = 0.0
+        return np.clip(prob, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def _inference_net(self):
+        """The network prediction runs (cached): int8, or float32 with BN folded."""
+        from vessel_core import _resnet_net as rn
+
+        if self._fast_net is not None:
+            return self._fast_net
+        device = next(self.net.parameters()).device
+        if self.settings["precision"] == "int8" and device.type == "cpu":
+            if self._int8_ranges is None:
+                warnings.warn(
+                    "precision='int8' but this model holds no calibrated int8 ranges "
+                    "(call calibrate_int8 with a few cases); predicting in float32",
+                    stacklevel=3,
+                )
+            else:
+                from vessel_core import _resnet_int8 as q
+
+                self._fast_net = q.quantized_from(self._fresh_net(), self._int8_ranges)
+                return self._fast_net
+        net = self._fresh_net().to(device)
+        self._fast_net = rn.fold_for_inference(net)
+        return self._fast_net
+
+    def use_precision(self, precision: str) -> None:
+        """Switch CPU prediction to ``"float32"`` or ``"int8"``."""
+        allowed = self.SETTING_CHOICES["precision"]
+        if precision not in allowed:
+            raise ValueError(f"precision must be one of {allowed}, got {precision!r}")
+        self.settings["precision"] = precision
+        self.meta.setdefault("settings", {})["precision"] = precision
+        self._fast_net = None
+
+    def _fresh_net(self):
+        """A new CPU copy of the trained network (eval mode)."""
+        from vessel_core import _resnet_net as rn
+
+        net = rn.build_unet(_arch(self.settings))
+        net.load_state_dict(self.net.state_dict())
+        return net.eval()
+
+    def calibrate_int8(self, cases: Sequence[Case]) -> bool:
+        """Calibrate int8 prediction on crops of up to two cases; True if it worked.
+
+        `fit` does it on the held-out cases when ``precision="int8"``; the ranges
+        are saved with the model.
+        """
+        if self.net is None:
+            raise ValueError(
+                "this ResNetUNet is not trained: call fit or load it first"
+            )
+        self._int8_ranges = self._calibrate(cases)
+        self._fast_net = None
+        return self._int8_ranges is not None
+
+    def _calibrate(self, cases: Sequence[Case]):
+        """int8 activation ranges from crops of up to two cases (CPU, a few seconds)."""
+        import torch
+
+        from vessel_core import _resnet_int8 as q
+        from vessel_core._resnet_data import network_input
+
+        inputs = [
+            network_input(c.image, c.fov_mask, self.settings["input"])
+            for c in cases[:2]
+        ]
+        policy = self._thread_policy(torch.device("cpu"))
+        if policy is not None:
+            policy.update(force=True)
+        try:
+            observed = q.prepare(self._fresh_net(), torch.zeros(1, 3, 64, 64))
+            q.calibrate(observed, inputs)
+            return q.observer_state(observed)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            # int8 is an option of prediction; training has succeeded regardless
+            warnings.warn(
+                f"int8 calibration failed ({exc}); int8 prediction is off", stacklevel=3
+            )
+            return None
+
+    # -----------------------------------------------------------------------
+    # Saving
+
+    def save_files(self, folder: Path) -> None:
+        """Write ``weights.pt``: the state_dict, floating tensors as float16.
+
+        A tensor float16 cannot hold (beyond +-65504) stays float32. The int8
+        activation ranges, when calibrated, go to ``int8_ranges.pt``.
+        """
+        import torch
+
+        if self.net is None:
+            raise ValueError("this ResNetUNet is not trained: there is nothing to save")
+        torch.save(_as_saved(self.net.state_dict()), Path(folder) / WEIGHTS_FILE)
+        if self._int8_ranges is not None:
+            torch.save(self._int8_ranges, Path(folder) / INT8_FILE)
+
+    @classmethod
+    def load_files(cls, folder: Path, meta: dict[str, Any]) -> ResNetUNet:
+        """Rebuild the network from ``meta["settings"]`` and load ``weights.pt``.
+
+        Files are read with `vessel_core.store.load_weights` (no pickled code).
+        """
+        from vessel_core import _resnet_net as rn
+        from vessel_core import store
+
+        settings = {k: v for k, v in meta.get("settings", {}).items() if k in _DEFAULTS}
+        model = cls(**settings)
+        state = store.load_weights(folder, WEIGHTS_FILE)
+        net = rn.build_unet(_arch(model.settings))
+        reference = net.state_dict()
+        state = {
+            k: v.to(reference[k].dtype) if k in reference and hasattr(v, "to") else v
+            for k, v in state.items()
+        }
+        net.load_state_dict(state)
+        net.to(model._device()).eval()
+        model.net = net
+        if (Path(folder) / INT8_FILE).is_file():
+            model._int8_ranges = store.load_weights(folder, INT8_FILE)
+        model.threshold = float(meta.get("threshold", 0.5))
+        model.meta = {
+            k: v for k, v in meta.items() if k not in ("kind", "name", "threshold")
+        }
+        return model
+
+    # -----------------------------------------------------------------------
+
+    def _device(self):
+        import torch
+
+        wanted = self.settings["device"]
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device; use 'auto'")
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(wanted)
+
+    def _thread_policy(self, device):
+        """The CPU thread policy (None on a GPU): fixed, or following free cores."""
+        from vessel_core._resnet_threads import ThreadPolicy
+
+        if device.type != "cpu":
+            return None
+        if getattr(self, "_threads", None) is None:
+            self._threads = ThreadPolicy(self.settings["num_threads"])
+        return self._threads
+
+
+# settings that change how a fit runs, not what it computes
+_RUN_ONLY = ("checkpoint_dir", "resume", "num_threads", "max_minutes", "device")
+_RUN_ONLY += ("tile_size", "tile_overlap")
+
+
+def _resolve(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings with the preset filled in, typed and checked."""
+    preset = settings["preset"]
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    out = dict(settings)
+    for key, value in PRESETS[preset].items():
+        if out[key] is None:
+            out[key] = value
+    for key in _INTEGERS:
+        if out[key] is not None:
+            out[key] = _number(key, out[key], int)
+    for key in _FLOATS:
+        if out[key] is not None:
+            out[key] = _number(key, out[key], float)
+    for key in _BOOLS:
+        out[key] = _boolean(key, out[key])
+    out["pretrained"] = _pretrained(out["pretrained"])
+    for key, allowed in ResNetUNet.SETTING_CHOICES.items():
+        if out[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {out[key]!r}")
+
+    positive = ("crop_size", "batch_size", "epochs", "crops_per_epoch", "tile_size")
+    for key in positive:
+        if out[key] < 1:
+            raise ValueError(f"{key} must be at least 1, got {out[key]!r}")
+    if out["crop_size"] % 32:
+        raise ValueError(
+            f"crop_size must be a multiple of 32 (the encoder's stride), got "
+            f"{out['crop_size']!r}"
+        )
+    if out["crops_per_epoch"] < out["batch_size"]:
+        raise ValueError(
+            f"crops_per_epoch ({out['crops_per_epoch']}) must be at least batch_size "
+            f"({out['batch_size']}): an epoch drops its last incomplete batch"
+        )
+    if not 0.0 <= out["vessel_crop_share"] <= 1.0:
+        raise ValueError(
+            f"vessel_crop_share must be in [0, 1], got {out['vessel_crop_share']!r}"
+        )
+    for key in ("lr", "weight_decay", "rotation", "jitter", "dice_weight"):
+        if out[key] < 0 or not math.isfinite(out[key]):
+            raise ValueError(f"{key} must be a finite number >= 0, got {out[key]!r}")
+    if out["val_cases"] < 0 or out["tile_overlap"] < 0 or out["num_threads"] < 0:
+        raise ValueError(
+            "val_cases, tile_overlap and num_threads must be >= 0, got "
+            f"{out['val_cases']!r}, {out['tile_overlap']!r}, {out['num_threads']!r}"
+        )
+    if out["max_minutes"] is not None and out["max_minutes"] <= 0:
+        out["max_minutes"] = 0.0
+    if out["checkpoint_dir"] in ("", None):
+        out["checkpoint_dir"] = None
+    else:
+        out["checkpoint_dir"] = os.fspath(out["checkpoint_dir"])
+    return out
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a number, got {value!r}") from None
+    if kind is int and number != float(value):
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    return number
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{key} must be True or False, got {value!r}")
+
+
+def _pretrained(value: Any) -> bool | str:
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    try:
+        return _boolean("pretrained", value)
+    except ValueError:
+        raise ValueError(
+            f"pretrained must be 'auto', True or False, got {value!r}"
+        ) from None
+
+
+def _arch(settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: settings[k] for k in ("last_cross", "self_attention", "blur", "decoder_norm")
+    }
+
+
+def _as_saved(state: dict) -> dict:
+    """The state_dict as ``weights.pt`` holds it: float16 where it fits, on the CPU.
+
+    Loaded back (cast to float32) it gives what ``load_files`` gives.
+    """
+
+    out = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            if value.numel() and float(value.abs().max()) > _FLOAT16_MAX:
+                out[key] = value.float()
+            else:
+                out[key] = value.half()
+        else:
+            out[key] = value
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return str(value)
+
+
+def _crop_centres(cases: Sequence[Case], selection, seed: int) -> dict[str, NDArray]:
+    """Per case, the pixels a vessel-centred crop may be centred on."""
+    from vessel_core import sampling
+
+    if selection is None:
+        selection = sampling.select(cases, "near_vessels", seed=seed)
+    centres = {}
+    for case in cases:
+        chosen = selection.per_case.get(case.id)
+        if chosen is not None and len(chosen.coords):
+            centres[case.id] = np.asarray(chosen.coords, dtype=np.int32)
+        else:
+            centres[case.id] = np.argwhere(case.vessel_mask & case.fov_mask).astype(
+                np.int32
+            )
+    return centres
+
+
+def _image_and_fov(case_or_image: Case | NDArray) -> tuple[NDArray, NDArray]:
+    """The RGB image and FOV mask of a case, or of an image (FOV estimated)."""
+    if isinstance(case_or_image, Case):
+        image, fov = case_or_image.image, case_or_image.fov_mask
+    else:
+        image = np.asarray(case_or_image)
+        fov = None
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) or (H, W), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (0-255), got {image.dtype}")
+    if fov is None:
+        from vessel_core.io import estimate_fov
+
+        fov = estimate_fov(image)
+    fov = np.asarray(fov, dtype=bool)
+    if fov.shape != image.shape[:2]:
+        raise ValueError(
+            f"FOV mask is {fov.shape}, the image {image.shape[:2]}; they must match"
+        )
+    return image, fov
+
+
+def _median_fov_diameter(cases: Sequence[Case]) -> float:
+    """Median diameter (pixels) of the discs with the cases' FOV areas."""
+    areas = [float(np.count_nonzero(c.fov_mask)) for c in cases]
+    return float(np.median([2.0 * math.sqrt(a / math.pi) for a in areas]))
