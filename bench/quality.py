@@ -28,10 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vessel_core import io, metrics, sampling  # noqa: E402
+from vessel_core import io, metrics, sampling, store  # noqa: E402
 from vessel_core.cases import Case, split_cases  # noqa: E402
 from vessel_core.classic import ClassicFilters  # noqa: E402
 from vessel_core.knn import KNNModel  # noqa: E402
+from vessel_core.resnet import ResNetUNet  # noqa: E402
 
 logger = logging.getLogger("bench.quality")
 
@@ -140,7 +141,42 @@ def classic(train, test):
     return "Classic filters (baseline)", out
 
 
-ROWS: dict[str, Row] = {"knn": knn_best, "seed": knn_seed_style, "classic": classic}
+def resnet(train, test, model_dir: Path | None = None):
+    """The ResNet34 U-Net: a saved model folder if given, else a quick-preset fit."""
+    if model_dir is not None:
+        model = store.load_model(model_dir)
+        how = f"saved model {model_dir.name}"
+    else:
+        model = ResNetUNet(preset="quick")
+        started = time.perf_counter()
+        model.fit(train)
+        how = f"quick preset trained here in {time.perf_counter() - started:.0f} s"
+    out = score_model(model, test, "resnet34")
+    meta = model.meta
+    out["notes"] = (
+        f"{how}; {meta.get('epochs_run')} epochs, "
+        f"{'ImageNet' if meta.get('pretrained') else 'random'} start"
+    )
+    return f"ResNet34 U-Net ({meta['settings']['preset']})", out
+
+
+def second_observer(train, test, drive: Path):
+    """The second human observer scored like a model (binary, no AUC meaning)."""
+    masks = io.second_observer(drive)
+    cases = [c for c in test if c.id in masks]
+    report = metrics.evaluate(cases, [masks[c.id] for c in cases], 0.5)
+    out = {"mean": report.mean, "pooled": report.pooled, "seconds_per_image": 0.0}
+    out["notes"] = "human reference; binary, so its AUC is its balanced accuracy"
+    return "Second human observer", out
+
+
+ROWS: dict[str, Row] = {
+    "knn": knn_best,
+    "seed": knn_seed_style,
+    "classic": classic,
+    "resnet": resnet,
+    "observer": second_observer,
+}
 
 
 def markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -174,6 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--test-cases", type=int, default=0, help="score only the first N test cases"
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--resnet-model",
+        type=Path,
+        help="score this saved ResNet model folder instead of training the quick "
+        "preset (about 15 minutes) for the 'resnet' row",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -188,7 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[tuple[str, dict[str, Any]]] = []
     for key in args.rows:
         started = time.perf_counter()
-        result = ROWS[key](train, test)
+        if key == "resnet":
+            result = resnet(train, test, args.resnet_model)
+        elif key == "observer":
+            result = second_observer(train, test, args.drive)
+        else:
+            result = ROWS[key](train, test)
         rows.extend(result if isinstance(result, list) else [result])
         print(f"row {key!r}: {time.perf_counter() - started:.0f} s", flush=True)
 
