@@ -169,6 +169,20 @@ class ResNetUNet:
     meta : dict
         Settings, training cases and fingerprint, held-out scores, the per-epoch
         history, whether ImageNet weights were used, epochs run, device.
+
+    Notes
+    -----
+    On DRIVE (20 training cases, 2 held out; 20 test cases scored inside the FOV)
+    the quick preset from random weights reached F1 0.778 and AUC 0.960 in 14
+    minutes on a 2-core CPU that other processes shared (about 700 batches of 8).
+    That CPU predicts a DRIVE image in about 1.5-3 s in float32 and 1-2.5 s in
+    int8 (F1 0.001 lower), depending on what else runs.
+
+    Known limits: images are predicted at their own scale, so a model trained on
+    DRIVE (FOV about 540 pixels across) sees HRF's vessels about six times wider;
+    ``meta["training_fov_diameter"]`` records the training scale for a caller
+    that wants to resize. Batch norm statistics come from 64-pixel crops, which
+    hold less of the dark surround than whole images do.
     """
 
     kind = "resnet34"
@@ -232,7 +246,6 @@ class ResNetUNet:
         ResNetUNet
             ``self``.
         """
-
         from vessel_core import _resnet_fit as rf
         from vessel_core import _resnet_net as rn
         from vessel_core._resnet_data import CropDataset
