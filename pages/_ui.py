@@ -614,3 +614,8 @@ def _parse_list(text: str, default: Sequence[Any], label: str) -> list[Any]:
     except ValueError:
         st.error(f"{label}: expected a comma-separated list like {list(default)}")
         st.stop()
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 case"``, ``"3 cases"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -39,8 +39,8 @@ def _load(what: str, reader) -> None:
     _ui.set_cases(found.cases, found.layout, found.unpaired)
     n_train = sum(c.split == "train" for c in found.cases)
     st.success(
-        f"Loaded {len(found.cases)} cases ({found.layout}): {n_train} train, "
-        f"{len(found.cases) - n_train} test."
+        f"Loaded {_ui.plural(len(found.cases), 'case')} ({found.layout}): "
+        f"{n_train} train, {len(found.cases) - n_train} test."
     )
 
 
@@ -131,7 +131,9 @@ def _table(cases: list[Case]) -> pd.DataFrame:
 
 loaded = _ui.cases()
 if loaded:
-    st.subheader(f"{len(loaded)} cases ({st.session_state.get(_ui.DATASET, '')})")
+    st.subheader(
+        f"{_ui.plural(len(loaded), 'case')} ({st.session_state.get(_ui.DATASET, '')})"
+    )
     st.caption("Change a case's split in the *split* column; the change is kept.")
     base = _table(loaded)
     edited = st.data_editor(

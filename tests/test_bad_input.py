@@ -894,3 +894,20 @@ def test_weights_holding_pickled_code_are_refused_without_running_it(tmp_path):
         store.load_weights(tmp_path, "cut.pt")
     with pytest.raises(store.ModelFolderError, match=r"none\.pt: missing"):
         store.load_weights(tmp_path, "none.pt")
+
+
+def test_one_bad_upload_does_not_hide_the_others():
+    """Every refused file of a batch is told at once, the empty one included."""
+    image = np.full((64, 64, 3), 120, np.uint8)
+    files = [
+        ("empty.png", b""),
+        ("case1.png", encode(image)),
+        ("case1_manual.png", encode(np.zeros((32, 48), np.uint8))),
+        ("trunc.png", encode(image)[:60]),
+    ]
+    with pytest.raises(vio.LoadError) as err:
+        vio.load_files(files)
+    message = str(err.value)
+    assert "3 file(s) could not be used" in message
+    for name in ("empty.png", "case1_manual.png", "trunc.png"):
+        assert name in message

@@ -239,3 +239,16 @@ def test_free_name_skips_taken_names(tmp_path):
     (tmp_path / "m-2").mkdir()
     assert free_name(tmp_path, "m") == "m-3"
     assert free_name(tmp_path, "n", taken=["n"]) == "n-2"
+
+
+def test_bad_settings_fail_in_the_caller_and_queue_nothing(tmp_path):
+    from vessel_core.jobs import JobManager
+    from vessel_core.samples import synthetic_cases
+
+    manager = JobManager(models_dir=tmp_path)
+    try:
+        with pytest.raises(ValueError, match=r"k_min \(50\) must not exceed k_max"):
+            manager.submit("s1", "knn", {"k_min": 50, "k_max": 31}, synthetic_cases(1))
+        assert manager.jobs("s1") == []
+    finally:
+        manager.close()

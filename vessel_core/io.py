@@ -1010,13 +1010,16 @@ class _Problems:
     def add(self, exc: LoadError) -> None:
         self.messages.append(str(exc))
 
-    def raise_if_any(self, where: str) -> None:
+    def raise_if_any(self, where: str, unpaired: list[Unpaired] = ()) -> None:
         if self.messages:
-            shown = "\n  - ".join(self.messages[:20])
-            more = len(self.messages) - 20
+            # the files refused for other reasons are told at the same time
+            refused = [f"{u.path}: {u.reason}" for u in unpaired if u.role == "other"]
+            shown = "\n  - ".join((self.messages + refused)[:20])
+            more = len(self.messages) + len(refused) - 20
             tail = f"\n  ... and {more} more" if more > 0 else ""
             raise LoadError(
-                f"{where}: {len(self.messages)} file(s) could not be used:\n"
+                f"{where}: {len(self.messages) + len(refused)} file(s) could not "
+                "be used:\n"
                 f"  - {shown}{tail}"
             )
 
@@ -1066,7 +1069,7 @@ def _build(entries: list[_Entry], where: str) -> Discovery:
         one = _build_case(group, layout, any_vessel, unpaired, problems)
         if one is not None:
             built.append(one)
-    problems.raise_if_any(where)
+    problems.raise_if_any(where, unpaired)
 
     # an id found in both splits (train/01.png and test/01.png) gets its split
     counts: dict[str, int] = {}
@@ -1442,9 +1445,8 @@ def load_files(files: Sequence[tuple[str, bytes]]) -> Discovery:
             if prefix.lower().endswith(".zip"):
                 prefix = prefix[:-4]
             entries += _zip_entries(data, posix, prefix=prefix + "/")
-        elif not data:
-            raise LoadError(f"{name!r}: empty file (0 bytes), expected an image")
         else:
+            # empty and broken files are reported with all the others, not alone
             entries.append(
                 _Entry(posix, f"upload:{posix}", lambda data=data: data, _head_of(data))
             )

@@ -260,6 +260,7 @@ class JobManager:
             raise ValueError("cases is empty: a model needs at least one case to fit")
         if factory is None:
             cls = model_class(kind)  # fails here, in the caller, for a wrong kind
+            cls(**settings)  # so do bad settings, before anything is queued
 
             def factory() -> Any:
                 return cls(**settings)
