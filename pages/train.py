@@ -211,7 +211,8 @@ def _job_box(job: Job) -> None:
                 st.button(
                     "Stop",
                     help="A model that can keeps its best state so far (the "
-                    "ResNet its best epoch); otherwise nothing is saved.",
+                    "ResNet its best epoch, the KNN the best k of the folds done); "
+                    "otherwise nothing is saved.",
                     key=f"stop_{job.id}",
                     on_click=manager.stop,
                     args=(job.session_id, job.id),

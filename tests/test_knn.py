@@ -266,6 +266,22 @@ def test_stop_flag_ends_the_fit(train_cases):
         KNNModel(**SMALL).fit(train_cases, on_progress=on_progress, stop=stop)
 
 
+def test_stop_during_cv_keeps_the_best_k_so_far(train_cases, test_case):
+    stop = threading.Event()
+    cv_events = []
+
+    def on_progress(event):
+        if event.step == "cv":
+            cv_events.append(event)
+            stop.set()  # after the first fold's results
+
+    model = KNNModel(**SMALL).fit(train_cases, on_progress=on_progress, stop=stop)
+    assert "during cross-validation" in model.meta["stopped_early"]
+    n_ks = len(model.meta["cv_mean_scores"])
+    assert len(model.meta["cv_scores"]) == n_ks < len(cv_events) + n_ks
+    assert model.predict_proba(test_case).shape == test_case.shape
+
+
 def test_save_load_round_trip_gives_identical_maps(fitted, test_case, tmp_path):
     folder = store.save_model(fitted, tmp_path / "knn-line")
     assert (folder / "arrays.npz").is_file()

@@ -761,7 +761,9 @@ class KNNModel:
             ``"done"``.
         stop : threading.Event, optional
             Checked between steps; a set flag raises `FitStopped` (no model is
-            left half-built).
+            left half-built), except during cross-validation once a fold has
+            scored: then the best k so far finishes a whole model, and
+            ``meta["stopped_early"]`` says so.
 
         Returns
         -------
@@ -832,6 +834,13 @@ class KNNModel:
             choice = choose_k(
                 X, y, groups, ks or [s["k_min"]], s["n_folds"], on_progress, stop
             )
+            if choice.stopped and choice.results:
+                # stopped mid-CV: the best k so far gives a whole model, quickly
+                self.meta["stopped_early"] = (
+                    f"during cross-validation, after {len(choice.results)} "
+                    "(k, fold) results; the best k so far is used"
+                )
+                stop = None
             _check_stop(stop, "cross-validating k")
             k, cv_results, cv_means = choice.k, choice.results, choice.mean_scores
         k = min(k, len(X))
