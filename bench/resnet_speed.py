@@ -5,10 +5,12 @@
 Prints, in one run:
 
 - the baseline: one plain eager forward pass of the network over the whole DRIVE
-  image (padded to 608x576), float32, NCHW, batch norm unfolded;
+  image (padded to 608x576), float32, NCHW, batch norm unfolded (with
+  ``--variants``, also fastai's default decoder, which adds a full-resolution
+  residual block, and a TorchScript version, neither of which is used);
 - the steps `predict_proba` takes one at a time (batch norm folded, channels-last,
   only the FOV's box), and `predict_proba` itself (input normalisation and CLAHE
-  included), in seconds per DRIVE image;
+  included) in float32 and in int8, in seconds per DRIVE image;
 - training throughput in crops per second (forward, loss, backward and the AdamW
   step through the fastai Learner) at the quick preset's crop and batch size.
 
@@ -98,6 +100,20 @@ def prediction(
     h, w = x.shape[:2]
     full = np.pad(x, ((0, -h % 32), (0, -w % 32), (0, 0)), mode="edge")
     full = torch.from_numpy(full.transpose(2, 0, 1).copy())[None]
+
+    if variants:
+        default = rn.build_unet(
+            {**_arch(model.settings), "last_cross": True, "decoder_norm": "none"}
+        ).eval()
+        with torch.no_grad():
+            rows.append(
+                (
+                    "(reference) fastai's default decoder (last_cross, no decoder "
+                    "BN), random weights, plain eager, whole image",
+                    fastest(lambda: default(full), repeat),
+                )
+            )
+        del default
 
     plain = rn.build_unet(_arch(model.settings))
     plain.load_state_dict(model.net.state_dict())

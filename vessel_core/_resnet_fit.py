@@ -51,6 +51,7 @@ class FitState:
     best_key: tuple[float, float] = (-math.inf, -math.inf)
     best_threshold: float = 0.5
     best_scores: dict[str, float] = field(default_factory=dict)
+    best_maps: list[np.ndarray] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     epochs_run: int = 0
     batches_run: int = 0
@@ -261,7 +262,7 @@ class TrainingEvents(Callback):
             if result is None:
                 self._check_stop()
                 return
-            scores, _ = result
+            scores, maps = result
             figures.update(scores)
             key = tuple(
                 -math.inf if math.isnan(v) else v
@@ -273,6 +274,7 @@ class TrainingEvents(Callback):
                 self.state.best_epoch = self.epoch + 1
                 self.state.best_threshold = scores["threshold"]
                 self.state.best_scores = dict(scores)
+                self.state.best_maps = maps
         else:
             # nothing held out: the latest weights are the ones kept
             self.state.best_state = state_copy(self.model)
