@@ -54,7 +54,7 @@ def _hints(kind: str) -> dict:
 def _model_notes(kind: str) -> list[str]:
     if kind != "resnet34":
         return []
-    from vessel_core._resnet_net import imagenet_weight_file
+    from vessel_core.resnet import imagenet_weight_file
 
     path = imagenet_weight_file()
     if path.is_file():

@@ -309,6 +309,21 @@ def test_train_page_fits_the_classic_baseline(sample, models_dir):
     assert meta["kind"] == "classic" and meta["settings"]["ridge"] == "frangi"
 
 
+def test_train_page_says_where_the_resnet_imagenet_weights_are(sample, tmp_path):
+    import torch
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))  # an empty cache: random start, said so
+    try:
+        at = app("pages/train.py", cases=sample, dataset="built-in sample")
+        at.radio(key="train_kind").set_value("resnet34").run()
+    finally:
+        torch.hub.set_dir(old)
+    assert not at.exception, at.exception
+    wanted = tmp_path / "checkpoints" / "resnet34-b627a593.pth"
+    assert f"No local ImageNet weight file (`{wanted}`)" in texts(at.info)
+
+
 def test_train_page_stop_ends_the_fit_and_says_so(sample, models_dir):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
     at.text_input(key="train_name_knn").set_value("to-stop")

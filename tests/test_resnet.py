@@ -18,7 +18,6 @@ from vessel_core import store
 from vessel_core._resnet_data import CropDataset, VesselLoss, network_input
 from vessel_core._resnet_fit import CHECKPOINT_FILE
 from vessel_core._resnet_net import (
-    RESNET34_FILE,
     blend_window,
     build_unet,
     encoder_of,
@@ -28,7 +27,12 @@ from vessel_core._resnet_net import (
     tile_starts,
 )
 from vessel_core.cases import Case
-from vessel_core.resnet import PRESETS, ResNetUNet
+from vessel_core.resnet import (
+    PRESETS,
+    RESNET34_FILE,
+    ResNetUNet,
+    imagenet_weight_file,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -451,6 +455,7 @@ def test_pretrained_weights_come_from_the_torch_cache(cases, tmp_path):
 
         path = resolve_pretrained("auto")
         assert path == tmp_path / "checkpoints" / RESNET34_FILE
+        assert imagenet_weight_file() == path
         net = build_unet({**ARCH, "decoder_norm": "batch"}, path, seed=0)
         encoder = encoder_of(net)
         torch.testing.assert_close(encoder[0].weight, reference["conv1.weight"])
@@ -464,6 +469,19 @@ def test_pretrained_weights_come_from_the_torch_cache(cases, tmp_path):
         assert model.meta["pretrained_file"] == str(path)
     finally:
         torch.hub.set_dir(old)
+
+
+def test_imagenet_weight_file_is_public_and_loads_no_torch():
+    # the Train page asks for the path; importing the kind must not load torch
+    code = (
+        "import sys; from vessel_core.resnet import imagenet_weight_file; "
+        "print('torch' in sys.modules); print(imagenet_weight_file().name)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", RESNET34_FILE]
 
 
 def test_pretrained_true_without_the_file_refuses_to_download(tmp_path):

@@ -13,21 +13,15 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from vessel_core.resnet import imagenet_weight_file
 
-#: torchvision's ImageNet weight file for resnet34 (IMAGENET1K_V1).
-RESNET34_FILE = "resnet34-b627a593.pth"
+logger = logging.getLogger(__name__)
 
 #: Every tile side is a multiple of this (the encoder's total stride).
 STRIDE = 32
 
 #: What the network is built with besides the encoder (DynamicUnet's options).
 ARCH_KEYS = ("last_cross", "self_attention", "blur", "decoder_norm")
-
-
-def imagenet_weight_file() -> Path:
-    """Where torchvision keeps resnet34's ImageNet weights in the local torch cache."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / RESNET34_FILE
 
 
 def resolve_pretrained(pretrained: bool | str) -> Path | None:

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.pt"
 INT8_FILE = "int8_ranges.pt"
 
+#: torchvision's ImageNet weight file for resnet34 (IMAGENET1K_V1).
+RESNET34_FILE = "resnet34-b627a593.pth"
+
 #: The largest magnitude float16 holds; a tensor beyond it is saved as float32.
 _FLOAT16_MAX = 65504.0
 
@@ -96,6 +99,21 @@ _INTEGERS += ("tile_size", "tile_overlap", "num_threads", "seed")
 _FLOATS = ("lr", "weight_decay", "vessel_crop_share", "rotation", "jitter")
 _FLOATS += ("dice_weight", "max_minutes")
 _BOOLS = ("last_cross", "self_attention", "blur", "resume")
+
+
+def imagenet_weight_file() -> Path:
+    """Where torchvision keeps resnet34's ImageNet weights in the local torch cache.
+
+    Returns
+    -------
+    Path
+        ``<torch hub folder>/checkpoints/resnet34-b627a593.pth`` (`RESNET34_FILE`),
+        whether or not the file is there. ``pretrained="auto"`` uses it when it
+        is; nothing is ever downloaded.
+    """
+    import torch  # only when asked: importing this module stays torch-free
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / RESNET34_FILE
 
 
 class ResNetUNet:
