@@ -6,11 +6,14 @@ scores) and the files its kind writes (``arrays.npz`` for KNN and classic,
 ``allow_pickle=False`` and weights with ``torch.load(..., weights_only=True)``.
 
 Saving is atomic: files are written into a hidden temporary folder beside the
-target, then swapped in with ``os.rename``, so a killed save leaves either the old
-model or the new one, never half of one. A name that is taken is never replaced
-unless asked (``overwrite=True``); the claim of a new name is one ``os.rename``,
-which fails when another saver got there first. Hidden leftovers of killed saves
-are removed by `clean_stale` (which `list_models` runs).
+target, then put in place in one step, so a killed save leaves either the old
+model or the new one, never half of one. A new name is claimed with one
+``os.rename``, which fails when another saver got there first; a name that is
+taken is never replaced unless asked (``overwrite=True``), and then, on Linux,
+the new folder and the old one trade places in one ``renameat2(RENAME_EXCHANGE)``
+call (elsewhere, or where the filesystem refuses it, the old folder is first
+renamed aside). Hidden leftovers of killed saves are removed by `clean_stale`
+(which `list_models` runs).
 
 Loading never runs code: `load_arrays` and `load_weights` are the shared readers
 the model kinds use; they refuse pickled content and check names, shapes and
@@ -19,11 +22,13 @@ dtypes, raising `ModelFolderError` naming the file and the array.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
 import pickle
 import shutil
+import sys
 import time
 import uuid
 import zipfile
@@ -170,10 +175,16 @@ def save_model(model: VesselModel, folder: str | Path, overwrite: bool = False) 
     and the folder is renamed into place. Without ``overwrite`` the rename is
     the claim: on Linux, renaming a folder onto an existing non-empty folder
     fails, so of two sessions saving under one name at once exactly one wins
-    and the other gets `ModelExistsError`. With ``overwrite`` the old folder is
-    first renamed to ``.trash-NAME-xxxxxxxx``, then removed; a save killed
+    and the other gets `ModelExistsError`. With ``overwrite`` and a model
+    there, on Linux (glibc 2.28 or later) the two folders are exchanged in one
+    ``renameat2(..., RENAME_EXCHANGE)`` call, and the old model, now at the
+    temporary name, is removed: at every instant ``folder`` holds one whole
+    model, and a save killed before the removal leaves the old one as a
+    ``.tmp-`` leftover for `clean_stale`. Where that call is missing or the
+    filesystem refuses it (EINVAL, ENOSYS...), the old folder is first renamed
+    to ``.trash-NAME-xxxxxxxx``, then the new one into place; a save killed
     between those two renames leaves the name missing until `clean_stale`
-    puts the old model back.
+    puts the old model back. Several savers at once: the last one wins.
     """
     folder = Path(folder)
     if not folder.name or folder.name.startswith("."):
@@ -308,8 +319,48 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in model.json")
 
 
+#: renameat2's "paths relative to the working folder" and "swap the two" flags
+#: (<fcntl.h>, <linux/fs.h>).
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+#: What renameat2 answers where the system or the filesystem cannot exchange.
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _find_renameat2() -> Callable[..., int] | None:
+    """libc's ``renameat2`` (Linux, glibc 2.28 or later), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p] * 2 + [ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_renameat2 = _find_renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap folders ``a`` and ``b`` in one atomic step; False when it cannot here.
+
+    FileNotFoundError when either is missing; other refusals raise OSError.
+    """
+    if _renameat2 is None:
+        return False
+    paths = os.fsencode(a), os.fsencode(b)
+    if _renameat2(_AT_FDCWD, paths[0], _AT_FDCWD, paths[1], _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 def _swap_in(tmp: Path, folder: Path) -> None:
-    """Replace ``folder`` by ``tmp``; the old one is moved aside, then removed.
+    """Replace ``folder`` by ``tmp``: exchanged in one step, else moved aside first.
 
     With several savers at once the last one wins; none is left half-written.
     """
@@ -320,6 +371,14 @@ def _swap_in(tmp: Path, folder: Path) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
+        try:
+            exchanged = _exchange(tmp, folder)
+        except FileNotFoundError:
+            continue  # another saver moved it away first
+        if exchanged:
+            # tmp now holds the replaced model; killed here, clean_stale removes it
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         trash = folder.parent / f"{_TRASH_PREFIX}{folder.name}-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(folder, trash)
@@ -341,11 +400,12 @@ def _swap_in(tmp: Path, folder: Path) -> None:
 def clean_stale(root: str | Path, max_age: float = STALE_SECONDS) -> list[Path]:
     """Remove leftovers of killed saves under ``root``; return what was removed.
 
-    ``.tmp-NAME-*`` folders (unfinished saves) and ``.trash-NAME-*`` folders
-    (replaced models) whose newest entry is older than ``max_age`` seconds are
-    deleted, except that a ``.trash-NAME-*`` with no ``NAME`` beside it (a save
-    killed between its two renames) is renamed back to ``NAME``: the previous
-    model returns. Younger leftovers may belong to a save in progress and stay.
+    ``.tmp-NAME-*`` folders (unfinished saves, or a model replaced by an
+    exchange) and ``.trash-NAME-*`` folders (models replaced the other way)
+    whose newest entry is older than ``max_age`` seconds are deleted, except
+    that a ``.trash-NAME-*`` with no ``NAME`` beside it (a save killed between
+    its two renames) is renamed back to ``NAME``: the previous model returns.
+    Younger leftovers may belong to a save in progress and stay.
     """
     root = Path(root)
     removed: list[Path] = []
