@@ -43,11 +43,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench._server import start_server, stop_server  # noqa: E402
 from vessel_core import samples, store  # noqa: E402
 from vessel_core.cases import split_cases  # noqa: E402
 
 PADDING_FILE = "padding.bin"
 CHUNK = 1 << 20  # bytes per write of the padding
+#: The server's settings besides its models folder: one fit at a time.
+SERVER_ENV = {"VESSEL_MAX_JOBS": "1"}
 
 
 class SlowSave:
@@ -156,9 +159,9 @@ def hidden(root: Path) -> list[str]:
 
 
 def kill_server_mid_fit(c: Checks, root: Path, log: Path) -> None:
-    from load_sessions import go_to, settle, start_server, sync_api
+    from load_sessions import go_to, settle, sync_api
 
-    proc, url = start_server(root, log)
+    proc, url = start_server(root, log, SERVER_ENV)
     killed_at = ""
     try:
         with sync_api.sync_playwright() as p:
@@ -287,12 +290,10 @@ def restart_and_look(c: Checks, root: Path, log: Path, listed: set[str]) -> None
         page_errors,
         settle,
         sidebar_models,
-        start_server,
-        stop_server,
         sync_api,
     )
 
-    proc, url = start_server(root, log)
+    proc, url = start_server(root, log, SERVER_ENV)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(

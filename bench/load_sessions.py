@@ -21,24 +21,22 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._server import start_server, stop_server  # noqa: E402
 from tests.test_browser import (  # noqa: E402  (the browser test's helpers)
     CHROMIUM,
     CHROMIUM_ARGS,
     QUICK_KNN,
-    free_port,
     go_to,
     images_shown,
     settle,
@@ -52,60 +50,7 @@ ERROR_SELECTORS = {
 
 
 # ---------------------------------------------------------------------------------
-# The server
-
-
-def start_server(models_dir: Path, log_path: Path, port: int | None = None):
-    """``streamlit run app.py`` on 127.0.0.1; ``(process, url)`` once healthy."""
-    port = port or free_port()
-    env = {
-        **os.environ,
-        "VESSEL_MODELS_DIR": str(models_dir),
-        "VESSEL_MAX_JOBS": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_server(proc)
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"streamlit did not start:\n{tail}")
-        time.sleep(0.5)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """Terminate the server we started (kill it after 10 s)."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+# The server's memory and log
 
 
 def tree_rss(pid: int) -> int:
@@ -324,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} sessions, models in {models}, server log {log}", flush=True)
 
     t0 = time.monotonic()
-    proc, url = start_server(models, log)
+    proc, url = start_server(models, log, {"VESSEL_MAX_JOBS": "1"})
     sampler = RssSampler(proc.pid)
     sampler.start()
     try:

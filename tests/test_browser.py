@@ -1,22 +1,25 @@
 """The main path in a real browser: Debian's chromium driven by Playwright.
 
-Starts ``streamlit run app.py`` on a free local port, loads the built-in sample,
-keeps the default undersampling, trains a quick KNN, scores it on Compare, opens
-Results, and saves a screenshot of every page (the folder is printed).
+Starts ``streamlit run app.py`` on a free local port (`bench._server`), loads the
+built-in sample, keeps the default undersampling, trains a quick KNN, scores it on
+Compare, opens Results, and saves a screenshot of every page (the folder is
+printed). A second server, started with a 1 MB upload limit, shows that a file
+over the limit is refused in the uploader and costs nothing already loaded.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from bench._server import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,56 +42,28 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def app_server(
+    models: Path, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """The app's URL while the block runs; the test fails if it does not start."""
+    models.mkdir(parents=True, exist_ok=True)
+    try:
+        proc, url = start_server(models, log, env)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url
+    finally:
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app on 127.0.0.1:<free port>, models saved into a temporary folder."""
-    port = free_port()
-    models = tmp_path_factory.mktemp("models")
-    log = tmp_path_factory.mktemp("log") / "streamlit.log"
-    env = {**os.environ, "VESSEL_MODELS_DIR": str(models)}
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    tmp = tmp_path_factory.mktemp("server")
+    with app_server(tmp / "models", tmp / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +75,28 @@ def shots(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One chromium for the module (Playwright's sync API runs once per thread)."""
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1600, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(server)
-        yield page
+        yield browser
         browser.close()
+
+
+def new_page(browser, url: str):
+    """A page of its own (a fresh browser context: a new session) at ``url``."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = new_page(browser, server)
+    yield page
+    page.context.close()
 
 
 def go_to(page, title: str) -> None:
@@ -198,3 +186,64 @@ def test_main_path_in_a_browser(page, shots):
     settle(page)
     assert images_shown(page) >= 4
     shoot(page, shots, "5_results")
+
+
+# ---------------------------------------------------------------------------------
+# An upload over the server's size limit
+
+UPLOAD_LIMIT_MB = 1
+
+
+@pytest.fixture
+def small_upload_server(tmp_path):
+    """The app with ``server.maxUploadSize`` lowered to 1 MB through its variable."""
+    env = {"STREAMLIT_SERVER_MAX_UPLOAD_SIZE": str(UPLOAD_LIMIT_MB)}
+    with app_server(tmp_path / "models", tmp_path / "streamlit.log", env) as url:
+        yield url
+
+
+def test_an_upload_over_the_size_limit_is_refused_and_keeps_the_data(
+    small_upload_server, browser, shots, tmp_path
+):
+    big = tmp_path / "big_fundus.png"
+    noise = np.random.default_rng(0).integers(0, 256, (900, 900, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(big)  # noise does not compress: about 2.4 MB
+    assert big.stat().st_size > 2 * UPLOAD_LIMIT_MB * 2**20
+
+    page = new_page(browser, small_upload_server)
+    uploads = []  # what the page sends to Streamlit's upload endpoint
+    page.on("request", lambda r: "upload_file" in r.url and uploads.append(r.url))
+    try:
+        go_to(page, "1. Data")
+        page.get_by_role("button", name="Load the built-in sample").click()
+        page.get_by_text("Loaded 5 cases").wait_for()
+        settle(page)
+        page.get_by_text("Upload files", exact=True).click()
+        settle(page)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+            str(big)
+        )
+
+        # the uploader marks the named file refused; pointing at it shows the limit
+        said = f"File must be {UPLOAD_LIMIT_MB:.1f}MB or smaller."
+        chip = page.locator('[data-testid="stFileChip"]', has_text="big_fundus.png")
+        chip.get_by_text(said).wait_for(state="attached")
+        settle(page)
+        assert chip.get_attribute("aria-invalid") == "true"
+        chip.hover()
+        tooltip = page.locator('[data-testid="stTooltipErrorContent"]')
+        tooltip.wait_for()
+        assert tooltip.inner_text() == said
+        shoot(page, shots, "1_data_upload_over_limit")
+
+        # nothing was sent or loaded; the sample loaded before is still there
+        assert uploads == []
+        assert page.get_by_role("button", name="Pair and load").is_disabled()
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+        heading = page.get_by_role("heading", name="5 cases (built-in sample)")
+        assert heading.is_visible()
+        assert page.locator('[data-testid="stAlertContentSuccess"]').count() == 0
+        sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
+        assert "built-in sample: 5 cases" in sidebar and "3 train / 2 test" in sidebar
+    finally:
+        page.context.close()
