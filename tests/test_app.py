@@ -295,7 +295,9 @@ def test_train_page_fits_a_knn_in_the_background_and_saves_it(sample, models_dir
 
     jobs = _ui._job_manager(str(models_dir)).jobs(at.session_state["session_id"])
     assert [j.status for j in jobs] == ["done"]
-    assert {e.step for e in jobs[0].events()} >= {"features", "cv", "done"}
+    assert {e.step for e in jobs[0].events()} >= {"features", "cv", "context", "done"}
+    # each setting explains itself, from the model's own documentation
+    assert "second stage" in at.checkbox(key="train_knn_context").help
 
 
 def test_train_page_fits_the_classic_baseline(sample, models_dir):

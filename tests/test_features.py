@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,42 @@ def test_hrf_sized_planes_fit_in_modest_memory():
     assert stored < 0.9e9  # 10 float32 planes, not 18
     rows = planes.at(np.argwhere(fov)[:1000])
     assert rows.shape == (1000, 18) and np.isfinite(rows).all()
+
+
+# -- context features -----------------------------------------------------------------
+
+
+def test_line_means_follow_a_line_and_ignore_a_dot():
+    size = 81
+    line = np.zeros((size, size), np.float32)
+    angle = math.pi * 2 / 12  # one of the 12 orientations
+    for t in range(-30, 31):
+        line[40 + round(t * math.tan(angle)), 40 + t] = 1.0
+    short, long = ft.line_means_max(line, [7, 25])
+    assert short[40, 40] == pytest.approx(1.0)
+    assert long[40, 40] == pytest.approx(1.0)
+    dot = np.zeros((size, size), np.float32)
+    dot[40, 40] = 1.0
+    short, long = ft.line_means_max(dot, [7, 25])
+    assert short[40, 40] == pytest.approx(1 / 7)
+    assert long[40, 40] == pytest.approx(1 / 25)
+    flat = np.full((20, 30), 0.25, np.float32)
+    np.testing.assert_allclose(ft.line_means_max(flat, [5])[0], 0.25, atol=1e-6)
+    with pytest.raises(ValueError, match="odd"):
+        ft.line_means_max(flat, [4])
+
+
+def test_context_planes_are_standardised_and_weighted():
+    rng = np.random.default_rng(3)
+    prob = rng.random((90, 100)).astype(np.float32)
+    fov = np.zeros((90, 100), bool)
+    fov[5:85, 10:95] = True
+    planes = ft.context_planes(prob, fov, weight=2.0)
+    assert planes.shape == (90, 100, len(ft.context_names()))
+    assert ft.context_names()[0] == "context_prob"
+    inside = planes[fov]
+    np.testing.assert_allclose(inside.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(inside.std(axis=0), 2.0, rtol=1e-3)
+    # the first plane is the map itself, standardised
+    expected = (prob[fov] - prob[fov].mean()) / prob[fov].std() * 2.0
+    np.testing.assert_allclose(planes[..., 0][fov], expected, rtol=1e-4, atol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -299,6 +300,57 @@ def test_save_load_round_trip_gives_identical_maps(fitted, test_case, tmp_path):
     np.testing.assert_allclose(
         loaded.predict_proba(test_case), fitted.predict_proba(test_case), atol=1e-6
     )
+
+
+def test_the_context_stage_is_fitted_saved_and_loaded(fitted, test_case, tmp_path):
+    from vessel_core import features as ft
+
+    n_first = fitted.classifier.n_features_in_
+    assert fitted.context_classifier is not None
+    assert fitted.context_classifier.n_features_in_ == n_first + len(ft.context_names())
+    assert fitted.meta["context"]["feature_names"] == ft.context_names()
+    with np.load(store.save_model(fitted, tmp_path / "two") / "arrays.npz") as saved:
+        assert {"X", "context_X", "context_w1"} <= set(saved.files)
+    # the map is the second stage's: dropping it changes the map
+    one_stage = KNNModel(**{**fitted.settings, "context": False})
+    one_stage.classifier, one_stage.threshold = fitted.classifier, fitted.threshold
+    assert not np.allclose(
+        one_stage.predict_proba(test_case), fitted.predict_proba(test_case)
+    )
+
+
+def test_a_one_stage_model_saves_and_loads_without_context(
+    train_cases, test_case, tmp_path
+):
+    model = KNNModel(**SMALL, context=False, n_neighbors=5).fit(train_cases[:2])
+    assert model.context_classifier is None and "context" not in model.meta
+    folder = store.save_model(model, tmp_path / "one")
+    with np.load(folder / "arrays.npz") as saved:
+        assert not any(name.startswith("context_") for name in saved.files)
+    loaded = store.load_model(folder)
+    assert loaded.context_classifier is None
+    np.testing.assert_allclose(
+        loaded.predict_proba(test_case), model.predict_proba(test_case), atol=1e-6
+    )
+    # a folder saved before the context stage existed names no such setting
+    meta = store.read_meta(folder)
+    del meta["settings"]["context"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    assert store.load_model(folder).context_classifier is None
+    # settings that name a context stage the arrays do not hold are refused
+    meta["settings"]["context"] = True
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"arrays\.npz.*no context_\* arrays"):
+        store.load_model(folder)
+
+
+def test_the_context_stage_reports_progress_per_case(train_cases):
+    events: list[Progress] = []
+    KNNModel(**SMALL, n_neighbors=3).fit(train_cases[:3], on_progress=events.append)
+    context = [e for e in events if e.step == "context"]
+    assert [(e.done, e.total) for e in context] == [(1, 3), (2, 3), (3, 3)]
+    fit = [(e.done, e.total) for e in events if e.step == "fit"]
+    assert fit == [(0, 3), (1, 3), (2, 3)]
 
 
 def test_chunked_model_prediction_equals_unchunked(fitted, test_case):
