@@ -116,3 +116,100 @@ def test_fov_scale_is_one_for_a_drive_sized_disc():
 def test_bad_image_shape_is_refused():
     with pytest.raises(ValueError, match=r"image must be an \(H, W, 3\) RGB"):
         pp.preprocess(np.zeros((4, 4, 5), np.uint8))
+
+
+# ---------------------------------------------------------------------------
+# Prediction at a model's training scale
+
+
+def test_scale_factor_keeps_the_scale_within_the_tolerance():
+    fov = _disc(200, 80)  # diameter about 160
+    diameter = pp.fov_diameter(fov)
+    assert pp.scale_factor(fov, diameter * 0.5) == pytest.approx(0.5)
+    assert pp.scale_factor(fov, diameter * 2.0) == pytest.approx(2.0)
+    assert pp.scale_factor(fov, diameter * 1.14) == 1.0
+    assert pp.scale_factor(fov, diameter * 0.86) == 1.0
+    assert pp.scale_factor(fov, diameter * 1.16) == pytest.approx(1.16)
+    assert pp.scale_factor(fov, diameter * 1.3, tolerance=0.4) == 1.0
+    assert pp.scale_factor(fov, None) == 1.0
+    assert pp.scale_factor(fov, 0.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("shape", "factor"),
+    [((37, 53), 0.5), ((37, 53), 2.0), ((101, 67), 0.3), ((101, 67), 1.7)],
+)
+def test_predict_at_scale_gives_a_map_of_exactly_the_input_size(shape, factor):
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    fov = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= (0.45 * min(h, w)) ** 2
+    image = np.zeros((h, w, 3), np.uint8)
+    image[fov] = (200, 120, 60)
+    seen = []
+
+    def predict(im, fv):
+        seen.append((im.shape, im.dtype, fv.shape, fv.dtype))
+        return np.where(fv, 0.8, 0.0).astype(np.float32)
+
+    prob = pp.predict_at_scale(predict, image, fov, factor)
+    small = (round(h * factor), round(w * factor))
+    assert seen == [(small + (3,), np.uint8, small, np.bool_)]
+    assert prob.shape == shape and prob.dtype == np.float32
+    assert not prob[~fov].any()
+    # well inside the FOV the constant map comes back as it was
+    inner = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= (0.3 * min(h, w)) ** 2
+    np.testing.assert_allclose(prob[inner], 0.8, atol=1e-6)
+
+
+def test_predict_at_scale_hands_predict_the_resized_image_and_fov():
+    fov = _disc(80, 30)
+    image = np.zeros((80, 80, 3), np.uint8)
+    image[fov] = 200
+    image[:, 40:44] = 50  # a dark band, 4 pixels wide
+    got = {}
+
+    def predict(im, fv):
+        got["image"], got["fov"] = im, fv
+        return fv.astype(np.float32)
+
+    pp.predict_at_scale(predict, image, fov, 0.5)
+    assert got["image"].shape == (40, 40, 3)
+    # the band is 2 pixels wide at half the size, with area averaging
+    np.testing.assert_array_equal(got["image"][20, 19:23, 0], [200, 50, 50, 200])
+    # nearest neighbour: every other pixel of the FOV
+    np.testing.assert_array_equal(got["fov"], fov[::2, ::2])
+
+    # shrinking averages areas: a 1-pixel line at a quarter of the size is a
+    # quarter as dark, not skipped between samples
+    image[:] = 200
+    image[:, 41] = 0
+    pp.predict_at_scale(predict, image, fov, 0.25)
+    assert got["image"].shape == (20, 20, 3)
+    np.testing.assert_array_equal(got["image"][:, 10, 1], 150)
+
+
+def test_predict_at_scale_zeroes_the_map_outside_the_fov_and_clips():
+    fov = _disc(64, 20)
+    image = np.full((64, 64, 3), 100, np.uint8)
+    prob = pp.predict_at_scale(
+        lambda im, fv: np.full(fv.shape, 1.5, np.float32), image, fov, 2.0
+    )
+    assert prob.shape == (64, 64)
+    assert not prob[~fov].any()
+    assert prob[fov].min() > 0 and prob.max() == 1.0
+
+
+def test_predict_at_scale_by_one_calls_predict_as_it_is():
+    fov = _disc(30, 10)
+    image = np.zeros((30, 30, 3), np.uint8)
+    out = np.full((30, 30), 7.0, np.float32)
+    calls = []
+
+    def predict(im, fv):
+        calls.append((im is image, fv is fov))
+        return out
+
+    assert pp.predict_at_scale(predict, image, fov, 1.0) is out
+    assert calls == [(True, True)]
+    with pytest.raises(ValueError, match="factor must be a finite number > 0"):
+        pp.predict_at_scale(predict, image, fov, 0.0)

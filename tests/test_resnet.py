@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vessel_core import store
+from vessel_core import preprocess, store
 from vessel_core._resnet_data import CropDataset, VesselLoss, network_input
 from vessel_core._resnet_fit import CHECKPOINT_FILE
 from vessel_core._resnet_net import (
@@ -314,6 +314,88 @@ def test_prediction_of_a_bare_image_estimates_the_fov(trained):
     case = tiny_case("bare", 8, (90, 110))
     prob = model.predict_proba(case.image)
     assert prob.shape == (90, 110)
+
+
+@pytest.fixture
+def tiled_inputs(monkeypatch):
+    """The (H, W) of every image the tiled predictor receives (then it runs)."""
+    from vessel_core import _resnet_net
+
+    seen = []
+
+    def spy(net, x, fov, *args, **kwargs):
+        seen.append(tuple(x.shape[:2]))
+        assert fov.shape == x.shape[:2]
+        return predict_tiled(net, x, fov, *args, **kwargs)
+
+    monkeypatch.setattr(_resnet_net, "predict_tiled", spy)
+    return seen
+
+
+def _twin(model: ResNetUNet, **settings) -> ResNetUNet:
+    """The trained network of ``model`` under other settings (no second fit)."""
+    twin = ResNetUNet(**{**TINY, **settings})
+    twin.net = model.net
+    twin.threshold = model.threshold
+    twin.meta = {**model.meta, "settings": dict(twin.settings)}
+    return twin
+
+
+def test_an_image_at_twice_the_training_scale_is_predicted_at_it(trained, tiled_inputs):
+    model, _ = trained
+    assert model.settings["match_scale"] is True  # the default
+    # the tiny training cases are 96 pixels square: this one is twice their scale
+    case = tiny_case("big", 9, (192, 192))
+    factor = model.meta["training_fov_diameter"] / preprocess.fov_diameter(
+        case.fov_mask
+    )
+    assert factor == pytest.approx(0.5, abs=0.01)
+    prob = model.predict_proba(case)
+    assert tiled_inputs == [(96, 96)]
+    assert prob.shape == (192, 192) and prob.dtype == np.float32
+    assert not prob[~case.fov_mask].any()
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+
+
+def test_an_image_within_15_percent_of_the_training_scale_keeps_its_size(
+    trained, tiled_inputs
+):
+    model, _ = trained
+    model.predict_proba(tiny_case("near", 9, (106, 106)))  # 1.1 times the scale
+    model.predict_proba(tiny_case("far", 9, (125, 125)))  # 1.3 times
+    assert tiled_inputs == [(106, 106), (96, 96)]
+
+
+def test_match_scale_false_predicts_at_the_native_size(trained, tiled_inputs):
+    native = _twin(trained[0], match_scale=False)
+    prob = native.predict_proba(tiny_case("big", 9, (192, 192)))
+    assert tiled_inputs == [(192, 192)]
+    assert prob.shape == (192, 192)
+
+
+def test_match_scale_survives_saving_and_an_old_model_json_loads(
+    trained, tmp_path, tiled_inputs
+):
+    model, _ = trained
+    folder = store.save_model(_twin(model, match_scale="false"), tmp_path / "off")
+    loaded = store.load_model(folder)
+    assert loaded.settings["match_scale"] is False
+
+    # a model saved before the setting existed: it defaults to True
+    folder = store.save_model(model, tmp_path / "old")
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["settings"]["match_scale"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    old = store.load_model(folder)
+    assert old.settings["match_scale"] is True
+    prob = old.predict_proba(tiny_case("big", 9, (192, 192)))
+    assert tiled_inputs == [(96, 96)] and prob.shape == (192, 192)
+
+
+def test_match_scale_does_not_change_what_a_checkpoint_must_match(cases):
+    first = ResNetUNet(**TINY)._identity(cases[:2], cases[2:])
+    other = ResNetUNet(**TINY, match_scale=False)._identity(cases[:2], cases[2:])
+    assert first == other
 
 
 def _box_logits(x: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,14 @@ deviation over the FOV, where vessels are negative.
 
 Sizes (padding rim, background window) scale with the FOV diameter, measured
 against DRIVE's (about 540 pixels), so the same settings suit larger photographs.
+Trained models go further and predict an image at their training scale:
+`scale_factor` and `predict_at_scale` resize it and resize the map back.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -27,6 +30,9 @@ from numpy.typing import NDArray
 
 #: FOV diameter (pixels) the default sizes are tuned for: DRIVE's 565 x 584 images.
 REFERENCE_FOV_DIAMETER = 540.0
+
+#: Relative difference of FOV diameters within which `scale_factor` keeps the scale.
+SCALE_TOLERANCE = 0.15
 
 _NEIGHBOURS_8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
@@ -78,6 +84,96 @@ def filter_scale(fov_mask: NDArray[np.bool_]) -> float:
     few pixels, share the same kernels (and cached Fourier filters).
     """
     return max(0.05, round(fov_scale(fov_mask) / 0.05) * 0.05)
+
+
+def scale_factor(
+    fov_mask: NDArray[np.bool_],
+    target_diameter: float | None,
+    tolerance: float = SCALE_TOLERANCE,
+) -> float:
+    """The resize factor that brings the FOV's diameter to ``target_diameter``.
+
+    Parameters
+    ----------
+    fov_mask : (H, W) bool ndarray
+        Field of view of the image to predict.
+    target_diameter : float or None
+        FOV diameter (pixels) to match, e.g. a model's
+        ``meta["training_fov_diameter"]``; None or 0 keeps the scale.
+    tolerance : float, default=0.15
+        The scale is kept (1.0) while the factor is within ``1 +- tolerance``.
+
+    Returns
+    -------
+    float
+        ``target_diameter / fov_diameter(fov_mask)``, or 1.0 when that is within
+        the tolerance (or there is no target, or the FOV is empty).
+
+    Notes
+    -----
+    An HRF photograph (FOV about 3300 pixels) before a model trained on DRIVE
+    (about 540) gets a factor of 0.16; an image whose FOV is 600 pixels across
+    gets 1.0 (0.9 is within the tolerance).
+    """
+    diameter = fov_diameter(fov_mask)
+    if not target_diameter or diameter <= 0:
+        return 1.0
+    factor = float(target_diameter) / diameter
+    return factor if abs(factor - 1.0) > tolerance else 1.0
+
+
+def predict_at_scale(
+    predict: Callable[[NDArray, NDArray[np.bool_]], NDArray],
+    image: NDArray,
+    fov_mask: NDArray[np.bool_],
+    factor: float,
+) -> NDArray[np.float32]:
+    """Run ``predict`` on the image resized by ``factor``; resize its map back.
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(image, fov_mask)`` returns an ``(h, w)`` probability map of the
+        image it is given.
+    image : (H, W) or (H, W, C) ndarray
+        The image at its own size.
+    fov_mask : (H, W) bool ndarray
+        Its field of view.
+    factor : float
+        Resize factor of both sides (see `scale_factor`); 1.0 calls ``predict``
+        on the image as it is and returns its map unchanged.
+
+    Returns
+    -------
+    (H, W) float32 ndarray
+        The map at exactly the input's size, clipped to [0, 1], 0 outside the
+        FOV (for ``factor`` 1.0, what ``predict`` returned).
+
+    Notes
+    -----
+    Each side becomes ``round(side * factor)`` pixels, at least 8. The image is
+    resized with area averaging when it shrinks (no aliasing of thin vessels),
+    bilinearly when it grows; the FOV with nearest-neighbour (a resized FOV that
+    lost every pixel becomes the whole image); the map back bilinearly.
+    """
+    if factor == 1.0:
+        return predict(image, fov_mask)
+    if not factor > 0 or not math.isfinite(factor):
+        raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
+    fov_mask = np.asarray(fov_mask, dtype=bool)
+    height, width = fov_mask.shape
+    size = (max(8, int(round(width * factor))), max(8, int(round(height * factor))))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(np.ascontiguousarray(image), size, interpolation=interp)
+    small_fov = (
+        cv2.resize(fov_mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    )
+    if not small_fov.any():
+        small_fov[:] = True
+    prob = np.asarray(predict(small, small_fov), dtype=np.float32)
+    back = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+    back[~fov_mask] = 0.0
+    return np.clip(back, 0.0, 1.0).astype(np.float32)
 
 
 def green_channel(image: NDArray) -> NDArray[np.float32]:

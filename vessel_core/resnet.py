@@ -4,7 +4,8 @@ The encoder is torchvision's resnet34, the decoder fastai's `DynamicUnet`, with 
 output classes per pixel (background, vessel); the softmax of the vessel class is
 the probability map. It trains on random crops of the loaded cases (never on files
 fastai finds itself) with fastai's one-cycle schedule, keeps the weights that score
-best on a few held-out cases, and predicts any image size tile by tile.
+best on a few held-out cases, and predicts any image size tile by tile, at the
+scale it was trained on (an image is resized so its FOV matches the training one).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ _DEFAULTS: dict[str, Any] = {
     "decoder_norm": "batch",
     "tile_size": 640,
     "tile_overlap": 64,
+    "match_scale": True,
     "precision": "int8",
     "checkpoint_dir": None,
     "resume": False,
@@ -98,7 +100,7 @@ _INTEGERS += ("threshold_train_cases",)
 _INTEGERS += ("tile_size", "tile_overlap", "num_threads", "seed")
 _FLOATS = ("lr", "weight_decay", "vessel_crop_share", "rotation", "jitter")
 _FLOATS += ("dice_weight", "max_minutes")
-_BOOLS = ("last_cross", "self_attention", "blur", "resume")
+_BOOLS = ("last_cross", "self_attention", "blur", "resume", "match_scale")
 
 
 def imagenet_weight_file() -> Path:
@@ -163,6 +165,10 @@ class ResNetUNet:
     tile_size, tile_overlap : int
         Prediction tiles: largest side (a DRIVE image fits in one) and the overlap
         blended between neighbours.
+    match_scale : bool, default=True
+        Resize an image whose FOV diameter differs from the training images' by
+        more than 15% to their scale before predicting (the map is resized back),
+        so a model trained on DRIVE sees HRF's vessels as wide as it learned them.
     precision : {"int8", "float32"}, default="int8"
         Arithmetic of CPU prediction. ``"int8"`` runs the network quantized
         (weights per channel, activations per tensor, ranges calibrated on the
@@ -206,11 +212,14 @@ class ResNetUNet:
     That CPU predicts a DRIVE image in 1.3 s in float32 and 0.9 s in int8 (F1
     0.0005 lower) when idle, about twice that when another process holds a core.
 
-    Known limits: images are predicted at their own scale, so a model trained on
-    DRIVE (FOV about 540 pixels across) sees HRF's vessels about six times wider;
-    ``meta["training_fov_diameter"]`` records the training scale for a caller
-    that wants to resize. Batch norm statistics come from 64-pixel crops, which
-    hold less of the dark surround than whole images do.
+    With ``match_scale`` an HRF photograph (FOV about 3300 pixels across) before
+    a model trained on DRIVE (about 540, ``meta["training_fov_diameter"]``) is
+    predicted at 0.16 of its size (1/37 of the pixels to compute), and the map
+    is resized back to the photograph's size. Training itself runs at each
+    case's own scale, so training on a mix of datasets mixes vessel widths.
+
+    Known limits: batch norm statistics come from 64-pixel crops, which hold less
+    of the dark surround than whole images do.
     """
 
     kind = "resnet34"
@@ -539,21 +548,34 @@ class ResNetUNet:
 
         Notes
         -----
-        The FOV's bounding box is predicted in tiles of at most ``tile_size``
-        pixels a side (one tile for a DRIVE image), overlapping by
-        ``tile_overlap`` pixels blended with raised-cosine weights; tiles with no
-        FOV pixel are skipped. Memory is bounded by one tile.
+        With ``match_scale``, an image whose FOV diameter differs from
+        ``meta["training_fov_diameter"]`` by more than 15% is resized to that
+        scale first and its map resized back
+        (`vessel_core.preprocess.predict_at_scale`). The FOV's bounding box is
+        predicted in tiles of at most ``tile_size`` pixels a side (one tile for
+        a DRIVE image), overlapping by ``tile_overlap`` pixels blended with
+        raised-cosine weights; tiles with no FOV pixel are skipped. Memory is
+        bounded by one tile.
         """
-        import torch
-
-        from vessel_core import _resnet_net as rn
-        from vessel_core._resnet_data import network_input
+        from vessel_core import preprocess as pp
 
         if self.net is None:
             raise ValueError(
                 "this ResNetUNet is not trained: call fit or load it first"
             )
         image, fov = _image_and_fov(case_or_image)
+        factor = 1.0
+        if self.settings["match_scale"]:
+            factor = pp.scale_factor(fov, self.meta.get("training_fov_diameter"))
+        return pp.predict_at_scale(self._predict_native, image, fov, factor)
+
+    def _predict_native(self, image: NDArray, fov: NDArray) -> NDArray[np.float32]:
+        """The map of an image at its own size (tiled); 0 outside the FOV."""
+        import torch
+
+        from vessel_core import _resnet_net as rn
+        from vessel_core._resnet_data import network_input
+
         net = self._inference_net()
         device = next(net.parameters()).device
         policy = self._thread_policy(device)
@@ -732,7 +754,7 @@ class ResNetUNet:
 
 # settings that change how a fit runs, not what it computes
 _RUN_ONLY = ("checkpoint_dir", "resume", "num_threads", "max_minutes", "device")
-_RUN_ONLY += ("tile_size", "tile_overlap")
+_RUN_ONLY += ("tile_size", "tile_overlap", "match_scale")
 
 
 def _resolve(settings: dict[str, Any]) -> dict[str, Any]:
