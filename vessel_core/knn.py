@@ -823,32 +823,12 @@ class KNNModel:
         quota = max(1, int(math.ceil(s["max_train_samples"] / len(cases))))
 
         # 1. features of the selected pixels and of the calibration pixels
-        X, y, groups, X_cal, g_cal = [], [], [], [], []
-        for i, case in enumerate(cases):
-            _check_stop(stop, "computing features")
-            chosen = selection.per_case[case.id]
-            planes = ft.compute_planes(case, settings=fset)
-            keep = _subsample(len(chosen.coords), quota, rng)
-            X.append(planes.at(chosen.coords[keep]))
-            y.append(np.asarray(chosen.labels)[keep].astype(bool))
-            groups.append(np.full(len(keep), case.id))
-            inside = np.argwhere(case.fov_mask)
-            cal = inside[_subsample(len(inside), s["screen_pixels_per_case"], rng)]
-            X_cal.append(planes.at(cal))
-            g_cal.append(np.full(len(cal), case.id))
-            emit(
-                on_progress,
-                Progress(
-                    "features",
-                    i + 1,
-                    len(cases),
-                    {"samples": float(len(keep))},
-                    f"features of case {case.id} ({i + 1}/{len(cases)}): "
-                    f"{len(keep)} training pixels",
-                ),
-            )
-        X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
-        X_cal, g_cal = np.concatenate(X_cal), np.concatenate(g_cal)
+        def pixel_rows(case):
+            return ft.compute_planes(case, settings=fset).at
+
+        X, y, groups, X_cal, g_cal = self._gather(
+            cases, selection, quota, rng, pixel_rows, "features", on_progress, stop
+        )
         if y.all() or not y.any():
             raise ValueError(
                 "the training pixels hold only one class; the selection needs both "
@@ -959,6 +939,43 @@ class KNNModel:
         )
         return self
 
+    def _gather(self, cases, selection, quota, rng, rows_of, step, on_progress, stop):
+        """Training and calibration rows of every case, for one stage.
+
+        ``rows_of(case)`` returns a function from (N, 2) pixel coordinates to
+        feature rows. Up to ``quota`` selected pixels per case are kept, and
+        ``screen_pixels_per_case`` FOV pixels drawn uniformly calibrate the
+        screen. Returns ``X, y, groups, X_cal, groups_cal``; one ``step``
+        progress event per case.
+        """
+        what = {"features": "features", "context": "context features"}[step]
+        X, y, groups, X_cal, g_cal = [], [], [], [], []
+        for i, case in enumerate(cases):
+            _check_stop(stop, f"computing {what}")
+            read = rows_of(case)
+            chosen = selection.per_case[case.id]
+            keep = _subsample(len(chosen.coords), quota, rng)
+            X.append(read(chosen.coords[keep]))
+            y.append(np.asarray(chosen.labels)[keep].astype(bool))
+            groups.append(np.full(len(keep), case.id))
+            inside = np.argwhere(case.fov_mask)
+            n_cal = self.settings["screen_pixels_per_case"]
+            cal = inside[_subsample(len(inside), n_cal, rng)]
+            X_cal.append(read(cal))
+            g_cal.append(np.full(len(cal), case.id))
+            emit(
+                on_progress,
+                Progress(
+                    step,
+                    i + 1,
+                    len(cases),
+                    {"samples": float(len(keep))},
+                    f"{what} of case {case.id} ({i + 1}/{len(cases)}): "
+                    f"{len(keep)} training pixels",
+                ),
+            )
+        return tuple(np.concatenate(a) for a in (X, y, groups, X_cal, g_cal))
+
     def _fit_context(self, cases, selection, rng, k, on_progress, stop) -> None:
         """Fit the second stage on the context of first-stage training maps.
 
@@ -968,46 +985,22 @@ class KNNModel:
         """
         s = self.settings
         quota = max(1, int(math.ceil(s["context_samples"] / len(cases))))
-        X, y, groups, X_cal, g_cal = [], [], [], [], []
-        for i, case in enumerate(cases):
-            _check_stop(stop, "fitting the context stage")
+
+        def context_rows(case):
             planes = ft.compute_planes(case, settings=self.feature_settings)
-            exclude = case.id if len(cases) > 1 else None
-            context = self._context(planes, exclude)
-            chosen = selection.per_case[case.id]
-            keep = _subsample(len(chosen.coords), quota, rng)
-            X.append(_rows(planes, context, chosen.coords[keep]))
-            y.append(np.asarray(chosen.labels)[keep].astype(bool))
-            groups.append(np.full(len(keep), case.id))
-            inside = np.argwhere(case.fov_mask)
-            cal = inside[_subsample(len(inside), s["screen_pixels_per_case"], rng)]
-            X_cal.append(_rows(planes, context, cal))
-            g_cal.append(np.full(len(cal), case.id))
-            emit(
-                on_progress,
-                Progress(
-                    "context",
-                    i + 1,
-                    len(cases),
-                    {"samples": float(len(keep))},
-                    f"context stage: first-stage map of case {case.id} "
-                    f"({i + 1}/{len(cases)}), {len(keep)} training pixels",
-                ),
-            )
-        X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
+            context = self._context(planes, case.id if len(cases) > 1 else None)
+            return lambda coords: _rows(planes, context, coords)
+
+        X, y, groups, X_cal, g_cal = self._gather(
+            cases, selection, quota, rng, context_rows, "context", on_progress, stop
+        )
         classifier = KNNClassifier(
             n_neighbors=min(k, len(X)),
             search=s["search"],
             screen_tolerance=s["screen_tolerance"],
             random_state=s["seed"],
         )
-        classifier.fit(
-            X,
-            y,
-            groups=groups,
-            X_screen=np.concatenate(X_cal),
-            groups_screen=np.concatenate(g_cal),
-        )
+        classifier.fit(X, y, groups=groups, X_screen=X_cal, groups_screen=g_cal)
         self.context_classifier = classifier
         self.meta["context"] = {
             "feature_names": ft.context_names(),
