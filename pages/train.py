@@ -213,7 +213,8 @@ def _job_box(job: Job) -> None:
                 st.button(
                     "Stop",
                     help="A model that can keeps its best state so far (the "
-                    "ResNet its best epoch, the KNN the best k of the folds done); "
+                    "ResNet its best epoch; the KNN the best k of the folds done, "
+                    "or its first stage alone during the context stage); "
                     "otherwise nothing is saved.",
                     key=f"stop_{job.id}",
                     on_click=manager.stop,

@@ -281,6 +281,31 @@ def test_stop_during_cv_keeps_the_best_k_so_far(train_cases, test_case):
     n_ks = len(model.meta["cv_mean_scores"])
     assert len(model.meta["cv_scores"]) == n_ks < len(cv_events) + n_ks
     assert model.predict_proba(test_case).shape == test_case.shape
+    # the stop also skips the context stage: a whole one-stage model
+    assert model.context_classifier is None
+    assert model.settings["context"] is False
+
+
+def test_stop_during_the_context_stage_keeps_the_first_stage(
+    train_cases, test_case, tmp_path
+):
+    stop = threading.Event()
+
+    def on_progress(event):
+        if event.step == "context":
+            stop.set()  # after the first case's context
+
+    model = KNNModel(**SMALL, n_neighbors=5).fit(
+        train_cases, on_progress=on_progress, stop=stop
+    )
+    assert "during the context stage" in model.meta["stopped_early"]
+    assert model.context_classifier is None
+    assert model.settings["context"] is False
+    assert model.meta["settings"]["context"] is False
+    loaded = store.load_model(store.save_model(model, tmp_path / "stopped"))
+    np.testing.assert_allclose(
+        loaded.predict_proba(test_case), model.predict_proba(test_case), atol=1e-6
+    )
 
 
 def test_save_load_round_trip_gives_identical_maps(fitted, test_case, tmp_path):

@@ -798,8 +798,10 @@ class KNNModel:
         stop : threading.Event, optional
             Checked between steps; a set flag raises `FitStopped` (no model is
             left half-built), except during cross-validation once a fold has
-            scored: then the best k so far finishes a whole model, and
-            ``meta["stopped_early"]`` says so.
+            scored (the best k so far finishes a whole one-stage model) and
+            during the context stage (the first stage is kept alone); then
+            ``meta["stopped_early"]`` says so and ``settings["context"]`` is
+            False.
 
         Returns
         -------
@@ -901,15 +903,24 @@ class KNNModel:
         )
 
         # 4. the context stage, on first-stage maps without each case's samples
+        # (a stop asked for during CV or this stage keeps the first stage alone)
         self.context_classifier = None
-        if s["context"]:
+        if s["context"] and not self.meta.get("stopped_early"):
             emit(
                 on_progress,
                 Progress(
                     "fit", 1, n_steps, {"k": float(k)}, "fitting the context stage"
                 ),
             )
-            self._fit_context(cases, selection, rng, k, on_progress, stop)
+            try:
+                self._fit_context(cases, selection, rng, k, on_progress, stop)
+            except FitStopped:
+                self.meta["stopped_early"] = (
+                    "during the context stage; the first stage alone is kept"
+                )
+                stop = None
+        if s["context"] and self.context_classifier is None:
+            s["context"] = self.meta["settings"]["context"] = False
 
         # 5. the threshold: whole training maps, each without its own samples
         _check_stop(stop, "fitting the threshold")
