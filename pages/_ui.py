@@ -6,11 +6,9 @@ computes scores, it only keeps state and draws.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -409,41 +407,6 @@ def sidebar() -> None:
         else:
             st.markdown("None yet.")
         _job_status()
-
-
-def setting_help(cls: type) -> dict[str, str]:
-    """Each setting's description from the numpydoc Parameters section of ``cls``.
-
-    ``name : type`` lines start an entry (several names may share one, comma
-    separated); the indented lines under them are its text.
-    """
-    doc = inspect.getdoc(cls) or ""
-    lines = doc.splitlines()
-    try:
-        start = lines.index("Parameters") + 2
-    except ValueError:
-        return {}
-    out: dict[str, str] = {}
-    names: list[str] = []
-    text: list[str] = []
-
-    def flush() -> None:
-        joined = re.sub(r"\s*\[\d+\]_", "", " ".join(text))  # citation marks
-        for name in names:
-            if joined:
-                out[name] = joined
-
-    for line in lines[start:]:
-        if line and not line.startswith(" "):
-            if " : " not in line:
-                break  # the next section
-            flush()
-            names = [n.strip() for n in line.split(" : ")[0].split(",")]
-            text = []
-        elif line.strip():
-            text.append(line.strip())
-    flush()
-    return out
 
 
 def settings_widgets(

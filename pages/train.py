@@ -105,7 +105,7 @@ with st.form(f"train_form_{kind}", border=True):
         key_prefix=f"train_{kind}",
         main=MAIN_SETTINGS.get(kind),
         hints=_hints(kind),
-        help_texts=_ui.setting_help(cls),
+        help_texts=store.setting_help(cls),
     )
     dataset = st.session_state.get(_ui.DATASET, "data").replace(" ", "-")
     name = st.text_input(

@@ -520,3 +520,13 @@ def test_settings_flags_from_defaults(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(base + bad)
     assert "pink not among red, green, blue" in capsys.readouterr().err
+
+
+def test_train_help_explains_each_setting(capsys):
+    from vessel_core.knn import KNNModel
+
+    with pytest.raises(SystemExit):
+        cli.build_parser(KNNModel).parse_args(["train", "knn", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Run a second stage (auto-context)" in text
+    assert "(default: True)" in text

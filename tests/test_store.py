@@ -303,3 +303,33 @@ def test_a_save_killed_at_the_exchange_leaves_one_whole_model(
     np.testing.assert_array_equal(store.load_model(leftovers[0]).values, left)
     assert store.clean_stale(tmp_path, max_age=0) == leftovers
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_setting_help_reads_the_parameters_section():
+    class Example:
+        """A model.
+
+        Parameters
+        ----------
+        alpha : float, default=1.0
+            How much [1]_ of
+            the thing.
+        low, high : int, default=1, 2
+        beta : bool
+            Shared text.
+
+        Attributes
+        ----------
+        gamma : int
+            Not a setting.
+        """
+
+    from vessel_core.store import setting_help
+
+    assert setting_help(Example) == {
+        "alpha": "How much of the thing.",
+        "beta": "Shared text.",
+    }
+    from vessel_core.knn import KNNModel
+
+    assert "second stage" in setting_help(KNNModel)["context"]

@@ -326,6 +326,9 @@ def _add_settings(p: argparse.ArgumentParser, model_cls: type) -> None:
     defaults = model_cls.default_settings()
     choices = getattr(model_cls, "SETTING_CHOICES", {}) or {}
     group = p.add_argument_group(f"{model_cls.__name__} settings")
+    from vessel_core.store import setting_help
+
+    helps = setting_help(model_cls)
     for name, default in defaults.items():
         if name == "seed":
             continue  # --seed sets it
@@ -350,7 +353,10 @@ def _add_settings(p: argparse.ArgumentParser, model_cls: type) -> None:
             else:
                 kwargs["choices"] = allowed
             shown = default
-        kwargs["help"] = f"default: {shown}"
+        described = helps.get(name, "").replace("%", "%%")
+        kwargs["help"] = (
+            f"{described} (default: {shown})" if described else (f"default: {shown}")
+        )
         group.add_argument(f"--{flag}", **kwargs)
 
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import inspect
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 import time
@@ -137,6 +139,41 @@ class ModelExistsError(FileExistsError):
     ):
         self.folder = Path(folder)
         super().__init__(f"{self.folder}: {why}; {fix}")
+
+
+def setting_help(cls: type) -> dict[str, str]:
+    """Each setting's description from the numpydoc Parameters section of ``cls``.
+
+    ``name : type`` lines start an entry (several names may share one, comma
+    separated); the indented lines under them are its text.
+    """
+    doc = inspect.getdoc(cls) or ""
+    lines = doc.splitlines()
+    try:
+        start = lines.index("Parameters") + 2
+    except ValueError:
+        return {}
+    out: dict[str, str] = {}
+    names: list[str] = []
+    text: list[str] = []
+
+    def flush() -> None:
+        joined = re.sub(r"\s*\[\d+\]_", "", " ".join(text))  # citation marks
+        for name in names:
+            if joined:
+                out[name] = joined
+
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            if " : " not in line:
+                break  # the next section
+            flush()
+            names = [n.strip() for n in line.split(" : ")[0].split(",")]
+            text = []
+        elif line.strip():
+            text.append(line.strip())
+    flush()
+    return out
 
 
 def save_model(model: VesselModel, folder: str | Path, overwrite: bool = False) -> Path:
