@@ -252,3 +252,33 @@ def test_bad_settings_fail_in_the_caller_and_queue_nothing(tmp_path):
         assert manager.jobs("s1") == []
     finally:
         manager.close()
+
+
+class RefusingModel(GatedModel):
+    """Refuses its input (a ValueError) or, once stopped, raises like a KNN."""
+
+    def fit(self, cases, selection=None, on_progress=None, stop=None):
+        if self.tag == "refuse":
+            raise ValueError("the training pixels hold only one class")
+        on_progress(Progress("features", 1, 2))
+        stop.wait(5)
+        raise RuntimeError("stopped while fitting; no model was fitted")
+
+
+def test_a_refused_input_reads_plainly_and_a_stop_is_no_failure(manager, cases):
+    mgr = manager
+    refused = mgr.submit(
+        "s1", "fake", {}, cases, name="r", factory=lambda: RefusingModel("refuse")
+    )
+    assert mgr.wait(refused, 5)
+    assert refused.status == FAILED
+    assert refused.error == "the training pixels hold only one class"
+
+    stopped = mgr.submit(
+        "s1", "fake", {}, cases, name="s", factory=lambda: RefusingModel("stop")
+    )
+    assert wait_for(lambda: len(stopped.events()) >= 1)
+    mgr.stop("s1", stopped.id)
+    assert mgr.wait(stopped, 5)
+    assert stopped.status == STOPPED and not stopped.error
+    assert "Stopped before a whole model was fitted" in stopped.notice

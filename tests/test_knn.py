@@ -295,10 +295,10 @@ def test_stop_during_the_context_stage_keeps_the_first_stage(
         if event.step == "context":
             stop.set()  # after the first case's context
 
-    model = KNNModel(**SMALL, n_neighbors=5).fit(
-        train_cases, on_progress=on_progress, stop=stop
-    )
+    settings = {**SMALL, "threshold_cases": 4, "n_neighbors": 5}
+    model = KNNModel(**settings).fit(train_cases, on_progress=on_progress, stop=stop)
     assert "during the context stage" in model.meta["stopped_early"]
+    assert len(model.meta["scores"]["cases"]) == 2  # a quick threshold after a stop
     assert model.context_classifier is None
     assert model.settings["context"] is False
     assert model.meta["settings"]["context"] is False

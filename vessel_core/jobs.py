@@ -91,7 +91,8 @@ class Job:
         The model name asked for; ``saved_name`` is the one it got.
     status : {"queued", "running", "done", "stopped", "failed"}
     error : str
-        Why the job failed (exception type and message), else "".
+        Why the job failed (the message of a `ValueError`, the models' refusal
+        of their input; the type and message of anything else), else "".
     notice : str
         Something the user should know (the name was taken, saving failed...).
     model : model or None
@@ -418,9 +419,14 @@ class JobManager:
                 stop=job.stop_flag,
             )
         except Exception as exc:  # a failed fit must not take the server down
+            if job.stop_flag.is_set():  # the user's stop, not a failure
+                logger.info("%s stopped: %s", job, exc)
+                job.notice = f"Stopped before a whole model was fitted: {exc}"
+                job.status = STOPPED
+                return
             logger.exception("%s failed", job)
-            job.error = f"{type(exc).__name__}: {exc}"
-            job.status = STOPPED if job.stop_flag.is_set() else FAILED
+            job.error = _user_message(exc)
+            job.status = FAILED
             return
 
         job.model = model
@@ -456,3 +462,11 @@ class JobManager:
                 self.reap()
             except Exception:  # keep reaping whatever one pass ran into
                 logger.exception("reaping gone sessions failed")
+
+
+def _user_message(exc: BaseException) -> str:
+    """What a failure says to the user: the message of a refused input
+    (`ValueError`: the models' own checks), else the exception's type too."""
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

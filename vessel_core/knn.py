@@ -930,7 +930,8 @@ class KNNModel:
                 "fit", n_steps - 1, n_steps, {"k": float(k)}, "fitting the threshold"
             ),
         )
-        self._fit_threshold(cases, rng)
+        # after a stop, a quick threshold: the user is waiting
+        self._fit_threshold(cases, rng, 2 if self.meta.get("stopped_early") else None)
         self.meta["fit_seconds"] = time.monotonic() - started
         emit(
             on_progress,
@@ -1024,10 +1025,12 @@ class KNNModel:
             },
         }
 
-    def _fit_threshold(self, cases: Sequence[Case], rng) -> None:
+    def _fit_threshold(self, cases: Sequence[Case], rng, at_most=None) -> None:
         from vessel_core import metrics
 
         n = min(len(cases), max(1, int(self.settings["threshold_cases"])))
+        if at_most is not None:
+            n = min(n, at_most)
         chosen = (
             sorted(rng.choice(len(cases), n, replace=False))
             if n < len(cases)
