@@ -475,6 +475,24 @@ def test_evaluate_model_and_predict(dataset, tmp_path, capsys, green_kind):
         "eye_vessels.png",
     ]
 
+    # a bad file named among good ones costs only itself
+    bad = tmp_path / "notanimage.png"
+    bad.write_text("hello")
+    code, out, err = _run(
+        capsys,
+        "predict",
+        "--model",
+        model_dir,
+        bad,
+        images / "eye.png",
+        "--out",
+        tmp_path / "out2",
+    )
+    assert code == 1
+    assert "notanimage.png" in err and "not an image" in err
+    assert "for 1 image(s)" in out
+    assert (tmp_path / "out2" / "eye_prob.png").is_file()
+
 
 def test_evaluate_missing_model_is_one_line(dataset, tmp_path, capsys):
     code, _, err = _run(

@@ -18,6 +18,8 @@ only warnings, ``-v`` adds debug messages). ``--json -`` writes the JSON to stdo
 instead of the table. A dataset or model that cannot be read ends the command with
 one line on stderr and exit status 2; Ctrl-C during ``train`` stops the model at its
 next check and saves the best it has so far (a second Ctrl-C aborts, saving nothing).
+``predict`` predicts every image it can read and lists the files it could not
+(exit status 1 when there were any).
 
 ``train KIND --help`` lists the settings of that kind, generated from its
 ``default_settings()``: ``max_depth`` becomes ``--max-depth``, a bool ``--flag`` /
@@ -910,8 +912,14 @@ def run_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    refused: list[str] = []
     for i, path in enumerate(paths, 1):
-        image = vio.read_image(path)
+        try:
+            image = vio.read_image(path)
+        except vio.LoadError as exc:  # one bad file must not cost the others
+            logger.error("%s", exc)
+            refused.append(str(exc))
+            continue
         fov = vio.estimate_fov(image)
         case = Case(
             id=_stem(path),
@@ -935,10 +943,16 @@ def run_predict(args: argparse.Namespace) -> int:
         Image.fromarray(grey, mode="L").save(out / f"{case.id}_prob.png")
         Image.fromarray(vessels, mode="L").save(out / f"{case.id}_vessels.png")
         logger.info("%s (%d/%d): %.2f s", path.name, i, len(paths), seconds)
+    done = len(paths) - len(refused)
     print(
-        f"wrote {2 * len(paths)} file(s) for {len(paths)} image(s) to {out} "
+        f"wrote {2 * done} file(s) for {done} image(s) to {out} "
         f"(threshold {threshold:.3f})"
     )
+    if refused:
+        print(f"{len(refused)} file(s) not predicted:", file=sys.stderr)
+        for message in refused:
+            print(f"  {message}", file=sys.stderr)
+        return 1
     return 0
 
 
