@@ -8,6 +8,7 @@ import streamlit as st
 
 from pages import _ui
 from vessel_core import sampling
+from vessel_core.knn import KNNModel
 
 FRACTIONS = ("drop_fraction", "near_share")
 HELP = {
@@ -113,7 +114,14 @@ except ValueError as exc:
     _ui.show_error(exc, "Undersampling")
     st.stop()
 
+missing = selection.missing_classes()
 with right:
+    if missing:
+        st.warning(
+            f"This choice keeps no {' and no '.join(missing)} pixel: a classifier "
+            "needs both classes, so the KNN cannot train on it (the Train page "
+            "will not start it). Keep part of each class."
+        )
     ids = list(selection.per_case)
     case_id = st.selectbox("Image", ids, key="us_case", persist_state=_ui.KEEP)
     case = next(c for c in train if c.id == case_id)
@@ -122,14 +130,7 @@ with right:
         caption=f"Case {case_id}: the pixels a model would train on",
         width=560,
     )
-    _ui.colour_legend(
-        sampling.OVERLAY_COLOURS,
-        {
-            "vessel": "vessel",
-            "kept": "kept background",
-            "dropped": "dropped background",
-        },
-    )
+    _ui.colour_legend(sampling.OVERLAY_COLOURS, sampling.OVERLAY_LABELS)
 
 
 def _counts_figure(
@@ -137,21 +138,22 @@ def _counts_figure(
 ) -> go.Figure:
     """Stacked bars: each bar is the FOV before, its coloured parts what is kept."""
     df = pd.DataFrame(rows)
-    parts = [
-        ("vessel kept", df.vessel_after, sampling.OVERLAY_COLOURS["vessel"]),
-        ("vessel dropped", df.vessel_before - df.vessel_after, (255, 170, 170)),
-        ("background kept", df.background_after, sampling.OVERLAY_COLOURS["kept"]),
-        (
-            "background dropped",
-            df.background_before - df.background_after,
-            sampling.OVERLAY_COLOURS["dropped"],
-        ),
-    ]
+    counts = {
+        "vessel_kept": df.vessel_after,
+        "vessel_dropped": df.vessel_before - df.vessel_after,
+        "background_kept": df.background_after,
+        "background_dropped": df.background_before - df.background_after,
+    }
     fig = _ui.line_figure(title, "", "pixels", height=height)
-    for name, values, colour in parts:
-        if name == "vessel dropped" and not values.any():
+    for part, values in counts.items():
+        if part == "vessel_dropped" and not values.any():
             continue
-        fig.add_bar(x=df.case, y=values, name=name, marker_color=f"rgb{colour}")
+        fig.add_bar(
+            x=df.case,
+            y=values,
+            name=sampling.OVERLAY_LABELS[part],
+            marker_color=f"rgb{sampling.OVERLAY_COLOURS[part]}",
+        )
     fig.update_layout(barmode="stack", showlegend=legend)
     return fig
 
@@ -166,6 +168,15 @@ st.markdown(
     f"Training pixels: **{kept:,}** of {before:,} in the FOVs "
     f"({kept / before:.0%}); vessel share **{total['vessel_before'] / before:.0%}** "
     f"before, **{totals_after['vessel'] / max(kept, 1):.0%}** after."
+)
+knn_defaults = KNNModel.default_settings()
+st.caption(
+    "These are the pixels the models draw from, not what each trains on: the KNN "
+    f"takes `max_train_samples` (default {knn_defaults['max_train_samples']:,}) of "
+    f"them for its first stage and `context_samples` (default "
+    f"{knn_defaults['context_samples']:,}) for its second, evenly from each case; "
+    "the ResNet centres part of its crops on them; the classic filters baseline "
+    "does not use this choice (it fits on its own uniform sample of each FOV)."
 )
 chart, summary = st.columns([3, 1])
 with chart:

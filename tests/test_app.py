@@ -419,3 +419,27 @@ def test_drive_cases_from_training_to_results(drive_root, models_dir):
     at.switch_page("pages/results.py").run()
     assert at.selectbox(key="res_case").value == "01"
     assert float({m.label: m.value for m in at.metric}["sensitivity"]) > 0.3
+
+
+def test_undersampling_page_legend_and_caption_tell_what_is_kept_and_used(sample):
+    at = app("pages/undersampling.py", cases=sample, dataset="built-in sample")
+    at.selectbox(key="us_strategy").set_value("ratio").run()
+    at.number_input(key="us_ratio_max_per_case").set_value(500).run()
+    assert not at.exception and not at.warning, texts(at.warning)
+    legend = next(m.value for m in at.markdown if "kept vessel" in m.value)
+    for label in sampling.OVERLAY_LABELS.values():
+        assert label in legend
+    for colour in sampling.OVERLAY_COLOURS.values():
+        assert f"rgb{colour}" in legend
+    caption = texts(at.caption)
+    assert "`max_train_samples` (default 10,000)" in caption
+    assert "classic filters baseline does not use this choice" in caption
+
+
+def test_undersampling_page_warns_when_a_class_is_left_out(sample):
+    at = app("pages/undersampling.py", cases=sample, dataset="built-in sample")
+    assert not at.warning
+    at.selectbox(key="us_strategy").set_value("random").run()
+    at.slider(key="us_random_drop_fraction").set_value(1.0).run()
+    assert not at.exception
+    assert "keeps no background pixel" in texts(at.warning)

@@ -98,13 +98,44 @@ def test_bad_settings_name_the_problem():
         strategy_settings("random", drop_fraction=1.5)
 
 
-def test_overlay_colours_the_three_classes():
+def test_overlay_colours_the_four_classes():
     case = _case()
     sel = select_case(case, "random", drop_fraction=0.5)
     img = overlay(case, sel)
     assert img.shape == case.image.shape
-    assert tuple(img[5, 11]) == OVERLAY_COLOURS["vessel"]
+    assert tuple(img[5, 11]) == OVERLAY_COLOURS["vessel_kept"]
     kept = sel.coords[~sel.labels][0]
-    assert tuple(img[kept[0], kept[1]]) == OVERLAY_COLOURS["kept"]
-    n_dropped = (img == OVERLAY_COLOURS["dropped"]).all(axis=2).sum()
+    assert tuple(img[kept[0], kept[1]]) == OVERLAY_COLOURS["background_kept"]
+    n_dropped = (img == OVERLAY_COLOURS["background_dropped"]).all(axis=2).sum()
     assert n_dropped == 36 * 32 - sel.after["background"]
+    assert not (img == OVERLAY_COLOURS["vessel_dropped"]).all(axis=2).any()
+
+
+def test_overlay_shows_dropped_vessel_pixels_as_dropped():
+    case = _case()
+    # one background pixel per vessel pixel under a cap of 100: 50 of the 144
+    # vessel pixels are kept, 94 dropped
+    sel = select_case(case, "ratio", background_per_vessel=1.0, max_per_case=100)
+    assert sel.after["vessel"] == 50
+    img = overlay(case, sel)
+
+    def painted(name):
+        return (img == OVERLAY_COLOURS[name]).all(axis=2)
+
+    kept_vessel = sel.coords[sel.labels]
+    assert painted("vessel_kept")[kept_vessel[:, 0], kept_vessel[:, 1]].all()
+    assert painted("vessel_kept").sum() == 50
+    assert painted("vessel_dropped").sum() == 144 - 50
+    dropped = case.vessel_mask & case.fov_mask & painted("vessel_dropped")
+    assert dropped.sum() == 144 - 50
+    assert len(set(OVERLAY_COLOURS.values())) == 4
+
+
+def test_missing_classes_names_a_class_left_out():
+    case = _case()
+    assert select([case], "random", drop_fraction=0.5).missing_classes() == []
+    only_vessel = select([case], "random", drop_fraction=1.0)
+    assert only_vessel.missing_classes() == ["background"]
+    only_background = select([case], "ratio", background_per_vessel=1.0, max_per_case=1)
+    assert only_background.totals("after") == {"vessel": 0, "background": 1}
+    assert only_background.missing_classes() == ["vessel"]

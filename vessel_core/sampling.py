@@ -50,11 +50,21 @@ DESCRIPTIONS = {
     "per case.",
 }
 
-#: Colours of the selection overlay: vessel, kept background, dropped background.
+#: Colours of the selection overlay, one per class of FOV pixel (Okabe-Ito colours
+#: for the kept and dropped vessels and the kept background: told apart by
+#: colour-blind readers too, and by brightness alone).
 OVERLAY_COLOURS = {
-    "vessel": (255, 40, 40),
-    "kept": (40, 200, 255),
-    "dropped": (60, 60, 60),
+    "vessel_kept": (213, 94, 0),
+    "vessel_dropped": (240, 228, 66),
+    "background_kept": (86, 180, 233),
+    "background_dropped": (60, 60, 60),
+}
+#: What each overlay colour stands for, in the legend's words.
+OVERLAY_LABELS = {
+    "vessel_kept": "kept vessel",
+    "vessel_dropped": "dropped vessel",
+    "background_kept": "kept background",
+    "background_dropped": "dropped background",
 }
 
 
@@ -110,6 +120,15 @@ class Selection:
     def describe(self) -> dict[str, Any]:
         """Strategy, settings and seed: what a model records about its sampling."""
         return {"strategy": self.strategy, "seed": self.seed, **self.settings}
+
+    def missing_classes(self) -> list[str]:
+        """The classes ("vessel", "background") of which no pixel is kept.
+
+        A classifier trained on the selection needs both; an empty list says it
+        holds both.
+        """
+        after = self.totals("after")
+        return [name for name in ("vessel", "background") if after[name] == 0]
 
 
 def _count_row(cid: str, before: dict[str, int], after: dict[str, int]) -> dict:
@@ -273,19 +292,30 @@ def _ratio(
 
 
 def overlay(case: Case, selection: CaseSelection) -> NDArray[np.uint8]:
-    """The image with vessel, kept and dropped background pixels in three colours.
+    """The image with each FOV pixel coloured by its class, kept or dropped.
 
-    Pixels outside the FOV keep the photograph, darkened; colours are
-    `OVERLAY_COLOURS`.
+    Parameters
+    ----------
+    case : Case
+    selection : CaseSelection
+        The pixels chosen in ``case``.
+
+    Returns
+    -------
+    (H, W, 3) uint8 ndarray
+        Vessel and background pixels, kept or dropped, in the four
+        `OVERLAY_COLOURS`; outside the FOV the photograph, darkened.
     """
     out = (case.image.astype(np.float32) * 0.35).astype(np.uint8)
     fov = case.fov_mask
-    colour = np.empty_like(out)
-    colour[:] = OVERLAY_COLOURS["dropped"]
     kept = np.zeros(fov.shape, bool)
     kept[selection.coords[:, 0], selection.coords[:, 1]] = True
-    colour[kept] = OVERLAY_COLOURS["kept"]
-    if case.vessel_mask is not None:
-        colour[case.vessel_mask & fov] = OVERLAY_COLOURS["vessel"]
+    vessel = np.zeros(fov.shape, bool) if case.vessel_mask is None else case.vessel_mask
+
+    colour = np.empty_like(out)
+    colour[:] = OVERLAY_COLOURS["background_dropped"]
+    colour[kept & ~vessel] = OVERLAY_COLOURS["background_kept"]
+    colour[vessel & ~kept] = OVERLAY_COLOURS["vessel_dropped"]
+    colour[vessel & kept] = OVERLAY_COLOURS["vessel_kept"]
     out[fov] = colour[fov]
     return out
