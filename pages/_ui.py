@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -161,16 +162,23 @@ def data_root() -> Path | None:
 
 
 def allowed_folder(text: str, root: Path) -> Path:
-    """``text`` (absolute or relative to ``root``) as a path inside ``root``.
+    """``text`` (absolute or relative) as a path inside ``root``.
 
-    ValueError naming the path when it leaves ``root`` (``..``, links) or is
-    missing.
+    A relative path is taken from ``root``, or, when nothing is there, from the
+    current folder (the project folder under ``make run``). ValueError naming
+    the path when it leaves ``root`` (``..``, links) or is missing.
     """
     if not text.strip():
         raise ValueError("give a folder or ZIP file under the data folder")
     path = Path(text.strip()).expanduser()
     if not path.is_absolute():
-        path = root / path
+        # also as the README writes it (../shared/data/DRIVE): from the project
+        # folder; the first that exists, else the first inside root names the fault
+        tried = [(root / path).resolve(), (Path.cwd() / path).resolve()]
+        path = next(
+            (p for p in tried if p.exists()),
+            next((p for p in tried if p.is_relative_to(root)), tried[0]),
+        )
     path = path.resolve()
     if not path.is_relative_to(root):
         raise ValueError(
@@ -327,10 +335,22 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def show_error(exc: BaseException, what: str) -> None:
+def show_error(exc: BaseException | str, what: str) -> None:
     """An error box (no traceback) for a failure the user can act on."""
     logger.warning("%s failed: %s", what, exc)
     st.error(f"{what} failed: {exc}")
+
+
+def plain(text: Any) -> str:
+    """``text`` escaped for Markdown: shown as typed (file names, case ids).
+
+    Names may hold Markdown or HTML (``<img src=x>``, ``*``, ``[a](b)``); every
+    ASCII punctuation mark gets a backslash, so none of it takes effect.
+    """
+    return _MARKDOWN_CHARS.sub(r"\\\g<0>", str(text))
+
+
+_MARKDOWN_CHARS = re.compile(r"[!-/:-@\[-`{-~]")
 
 
 def colour_legend(colours: dict[str, tuple[int, int, int]], labels: dict[str, str]):

@@ -23,12 +23,14 @@ st.markdown(
 
 def _load(what: str, reader) -> None:
     """Run ``reader()`` -> Discovery and keep its cases; on failure keep the old."""
+    # the files the last load left unused are no news about this one
+    st.session_state[_ui.UNPAIRED] = []
     with st.spinner(f"Reading {what}..."), warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         try:
             found = reader()
         except (io.LoadError, ValueError, OSError) as exc:
-            _ui.show_error(exc, f"Loading {what}")
+            _ui.show_error(_without_where(str(exc), what), f"Loading {what}")
             return
     for w in seen:
         if issubclass(w.category, UserWarning):
@@ -36,12 +38,51 @@ def _load(what: str, reader) -> None:
     if not found.cases:
         st.error(f"{what}: no image found among the files; nothing was loaded.")
         return
+    before = len(_ui.cases())
     _ui.set_cases(found.cases, found.layout, found.unpaired)
     n_train = sum(c.split == "train" for c in found.cases)
+    replaced = ""
+    if before:
+        were = "was" if before == 1 else "were"
+        replaced = f"; the {_ui.plural(before, 'case')} loaded before {were} replaced"
     st.success(
         f"Loaded {_ui.plural(len(found.cases), 'case')} ({found.layout}): "
-        f"{n_train} train, {len(found.cases) - n_train} test."
+        f"{n_train} train, {len(found.cases) - n_train} test{replaced}."
     )
+    if found.unpaired:
+        lines = [
+            f"- {_ui.plain(io.display_name(u.path))}: {_ui.plain(u.reason)}"
+            for u in found.unpaired[:20]
+        ]
+        if len(found.unpaired) > 20:
+            lines.append(f"- ... and {len(found.unpaired) - 20} more (table below)")
+        st.warning(
+            f"{_ui.plural(len(found.unpaired), 'file')} not used:\n" + "\n".join(lines)
+        )
+
+
+def _without_where(message: str, what: str) -> str:
+    """``message`` without its leading ``what:``, which the error box says already."""
+    for where in (f"{what}: ", f"{what!r}: "):
+        message = message.removeprefix(where)
+    return message
+
+
+def _load_button(label: str, key: str, disabled: bool = False):
+    """The button that loads, and a place beside it for `_say_what_it_replaces`."""
+    button, note = st.columns([1, 3], vertical_alignment="center")
+    pressed = button.button(label, type="primary", key=key, disabled=disabled)
+    return pressed, note.empty()
+
+
+def _say_what_it_replaces(note) -> None:
+    """Beside the load button: the cases a load would replace (after this one)."""
+    now = len(_ui.cases())
+    if now:
+        note.caption(
+            f"Loading replaces the {_ui.plural(now, 'case')} loaded now "
+            f"({_ui.plain(st.session_state.get(_ui.DATASET, ''))})."
+        )
 
 
 def _builtin():
@@ -49,6 +90,7 @@ def _builtin():
     return io.Discovery(cases=cases, layout="built-in sample")
 
 
+note = None
 source = st.radio(
     "Where are the images?",
     SOURCES,
@@ -62,7 +104,8 @@ if source == SOURCES[0]:
         "Four synthetic fundus images with exact vessel masks (three to train on, "
         "one to test), and scikit-image's retina photograph without a mask."
     )
-    if st.button("Load the built-in sample", type="primary", key="load_sample"):
+    pressed, note = _load_button("Load the built-in sample", "load_sample")
+    if pressed:
         _load("the built-in sample", _builtin)
 
 elif source == SOURCES[1]:
@@ -72,9 +115,8 @@ elif source == SOURCES[1]:
         accept_multiple_files=True,
         key="upload_files",
     )
-    if st.button(
-        "Pair and load", type="primary", key="load_uploads", disabled=not uploads
-    ):
+    pressed, note = _load_button("Pair and load", "load_uploads", not uploads)
+    if pressed:
         files = [(f.name, f.getvalue()) for f in uploads]
         _load(f"{len(files)} uploaded file(s)", lambda: io.load_files(files))
 
@@ -88,18 +130,22 @@ else:
     else:
         st.caption(f"Folders and ZIP files under `{root}` can be opened.")
         folder = st.text_input(
-            "Folder or ZIP (relative to the data folder)",
+            "Folder or ZIP (relative to the data folder or the project folder)",
             "DRIVE",
             key="server_folder",
             persist_state=_ui.KEEP,
         )
-        if st.button("Open", type="primary", key="load_folder"):
+        pressed, note = _load_button("Open", "load_folder")
+        if pressed:
             try:
                 path = _ui.allowed_folder(folder, root)
             except ValueError as exc:
                 _ui.show_error(exc, "Opening the folder")
             else:
                 _load(str(path), lambda: io.discover(path))
+
+if note is not None:
+    _say_what_it_replaces(note)
 
 
 def _name(case: Case, role: str) -> str:

@@ -443,3 +443,78 @@ def test_undersampling_page_warns_when_a_class_is_left_out(sample):
     at.slider(key="us_random_drop_fraction").set_value(1.0).run()
     assert not at.exception
     assert "keeps no background pixel" in texts(at.warning)
+
+
+def test_data_page_says_a_load_replaces_the_cases_loaded_before(sample, drive_uploads):
+    at = app("pages/data.py", cases=sample, dataset="built-in sample")
+    at.radio(key="data_source").set_value("Upload files").run()
+    at.file_uploader(key="upload_files").set_value(drive_uploads[:3]).run()
+    assert "replaces the 5 cases loaded now" in texts(at.caption)
+    at.button(key="load_uploads").click().run()
+    assert not at.error, texts(at.error)
+    assert (
+        "Loaded 1 case (DRIVE): 1 train, 0 test; the 5 cases loaded before were "
+        "replaced." in texts(at.success)
+    )
+    assert "replaces the 1 case loaded now" in texts(at.caption)
+
+    # the first load replaces nothing and says nothing about it
+    at = app("pages/data.py")
+    assert "replaces" not in texts(at.caption)
+    at.button(key="load_sample").click().run()
+    assert "replaced" not in texts(at.success)
+
+
+def test_data_page_warns_of_refused_files_and_forgets_them_on_the_next_load(
+    drive_uploads,
+):
+    html_name = "<img src=x onerror=alert(1)>.png"
+    refused = [
+        ("fake.png", b"just text, renamed", "image/png"),
+        ("empty.png", b"", "image/png"),
+        (html_name, b"<b>text</b>", "image/png"),
+    ]
+    at = app("pages/data.py")
+    at.radio(key="data_source").set_value("Upload files").run()
+    at.file_uploader(key="upload_files").set_value([*drive_uploads, *refused]).run()
+    at.button(key="load_uploads").click().run()
+    assert not at.error, texts(at.error)
+    assert "Loaded 2 cases" in texts(at.success)
+    warning = texts(at.warning)
+    assert "3 files not used" in warning
+    shown = warning.replace("\\", "")  # Markdown escapes, gone once drawn
+    assert "- fake.png: " in shown and "- empty.png: " in shown
+    assert f"- {html_name}: " in shown
+    assert "\\<img src\\=x" in warning  # escaped: text, never HTML
+    assert "3 file(s) not used" in texts(at.subheader)
+
+    # a failed load keeps the cases but not the last load's refused files
+    truncated = ("21_training.tif", drive_uploads[0][1][:3000], "image/tiff")
+    at.file_uploader(key="upload_files").set_value([truncated, *refused]).run()
+    at.button(key="load_uploads").click().run()
+    error = texts(at.error)
+    assert "Loading 4 uploaded file(s) failed: 4 file(s) could not be used" in error
+    assert error.count("uploaded file(s)") == 1, error
+    assert len(at.session_state["cases"]) == 2
+    assert "not used" not in texts(at.subheader)
+    assert len(at.dataframe) == 1  # the cases; no table of refused files
+
+
+def test_allowed_folder_takes_a_path_from_the_project_folder_too(tmp_path, monkeypatch):
+    from pages import _ui
+
+    root = tmp_path / "shared" / "data"
+    (root / "DRIVE").mkdir(parents=True)
+    (tmp_path / "shared" / "private").mkdir()
+    (tmp_path / "main").mkdir()
+    (tmp_path / "main" / "link").symlink_to(tmp_path / "shared" / "private")
+    monkeypatch.chdir(tmp_path / "main")
+    root = root.resolve()
+    # as the README writes it, from the project folder
+    assert _ui.allowed_folder("../shared/data/DRIVE", root) == root / "DRIVE"
+    assert _ui.allowed_folder("DRIVE", root) == root / "DRIVE"  # data folder first
+    for outside in ("../shared/private", "link", "../main"):
+        with pytest.raises(ValueError, match="outside the data folder"):
+            _ui.allowed_folder(outside, root)
+    with pytest.raises(ValueError, match="does not exist"):
+        _ui.allowed_folder("../shared/data/STARE", root)
