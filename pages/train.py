@@ -35,6 +35,8 @@ MAIN_SETTINGS = {
     ],
 }
 EXTRA_CHOICES = {"resnet34": {"pretrained": ["auto", True, False]}}
+#: Kinds whose classifier learns from the selection's labels (both classes needed).
+NEEDS_BOTH_CLASSES = ("knn",)
 
 
 def _hints(kind: str) -> dict:
@@ -50,6 +52,27 @@ def _hints(kind: str) -> dict:
         name: (quick[name], f"from the preset (quick {quick[name]}, full {full[name]})")
         for name in quick
     }
+
+
+def _training_pixels(kind: str, settings: dict, n_cases: int, strategy: str) -> str:
+    """What the model trains on, in words: the undersampling's part in it."""
+    chosen = f"the undersampling **{strategy.replace('_', ' ')}** (page 2)"
+    if kind == "classic":
+        return (
+            f"fits on its own sample of {settings['pixels_per_case']:,} pixels per "
+            "case, drawn uniformly in the FOV; it does not use the undersampling"
+        )
+    if kind == "knn":
+        return (
+            f"draws {settings['max_train_samples']:,} of the pixels kept by "
+            f"{chosen}, evenly from the {n_cases} cases (max train samples)"
+            + (
+                f", and {settings['context_samples']:,} more for the second stage"
+                if settings.get("context")
+                else ""
+            )
+        )
+    return f"centres part of its crops on the pixels kept by {chosen}"
 
 
 def _model_notes(kind: str) -> list[str]:
@@ -98,7 +121,7 @@ if doc:
 for line in _model_notes(kind):
     st.info(line)
 
-with st.form(f"train_form_{kind}", border=True):
+with st.form(f"train_form_{kind}", border=True, enter_to_submit=False):
     settings = _ui.settings_widgets(
         cls.default_settings(),
         {**getattr(cls, "SETTING_CHOICES", {}), **EXTRA_CHOICES.get(kind, {})},
@@ -114,20 +137,23 @@ with st.form(f"train_form_{kind}", border=True):
     choice = _ui.sampling_choice()
     st.caption(
         f"Trains on {len(train)} cases ({', '.join(c.id for c in train[:8])}"
-        f"{'...' if len(train) > 8 else ''}) with the undersampling "
-        f"**{choice['strategy'].replace('_', ' ')}** (page 2)."
+        f"{'...' if len(train) > 8 else ''}): it "
+        f"{_training_pixels(kind, settings, len(train), choice['strategy'])}."
     )
     start = st.form_submit_button("Start training", type="primary", key="train_start")
 
 if start:
     try:
+        selection = _ui.current_selection()
+        missing = selection.missing_classes() if kind in NEEDS_BOTH_CLASSES else []
+        if missing:
+            raise ValueError(
+                f"the undersampling keeps no {' and no '.join(missing)} pixel, and "
+                f"the {_ui.KIND_LABELS[kind]} needs both classes; change it on "
+                "page 2 (Undersampling)"
+            )
         job = _ui.job_manager().submit(
-            _ui.session_id(),
-            kind,
-            settings,
-            train,
-            selection=_ui.current_selection(),
-            name=name,
+            _ui.session_id(), kind, settings, train, selection=selection, name=name
         )
     except (TypeError, ValueError) as exc:
         _ui.show_error(exc, "Starting the training")

@@ -518,3 +518,52 @@ def test_allowed_folder_takes_a_path_from_the_project_folder_too(tmp_path, monke
             _ui.allowed_folder(outside, root)
     with pytest.raises(ValueError, match="does not exist"):
         _ui.allowed_folder("../shared/data/STARE", root)
+
+
+def test_train_page_says_what_each_kind_trains_on(sample):
+    at = app("pages/train.py", cases=sample, dataset="built-in sample")
+    knn = texts(at.caption)
+    assert "draws 10,000 of the pixels kept by the undersampling" in knn
+    assert "10,000 more for the second stage" in knn
+    at.radio(key="train_kind").set_value("classic").run()
+    classic = texts(at.caption)
+    assert "its own sample of 5,000 pixels per case" in classic
+    assert "does not use the undersampling" in classic
+    assert "kept by the undersampling" not in classic
+
+
+def test_train_page_refuses_a_one_class_undersampling_for_the_knn(sample, models_dir):
+    one_class = {
+        "strategy": "random",
+        "settings": {"drop_fraction": 1.0},
+        "seed": 0,
+    }
+    at = app(
+        "pages/train.py",
+        cases=sample,
+        dataset="built-in sample",
+        sampling_choice=one_class,
+    )
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert "keeps no background pixel" in texts(at.error)
+    from pages import _ui
+
+    assert _ui._job_manager(str(models_dir)).jobs(at.session_state["session_id"]) == []
+    assert "Training runs" not in texts(at.subheader)
+
+
+def _forms(block):
+    """Every st.form block under ``block``, depth first."""
+    for child in block.children.values():
+        if getattr(child, "type", None) == "form":
+            yield child
+        if hasattr(child, "children"):
+            yield from _forms(child)
+
+
+def test_train_page_form_does_not_submit_on_enter(sample):
+    at = app("pages/train.py", cases=sample, dataset="built-in sample")
+    forms = list(_forms(at.main))
+    assert [f.proto.form.form_id for f in forms] == ["train_form_knn"]
+    assert forms[0].proto.form.enter_to_submit is False
