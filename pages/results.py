@@ -47,14 +47,37 @@ except Exception as exc:  # a model that cannot predict must not end the page
     _ui.show_error(exc, f"Predicting case {case.id} with {ref.name}")
     st.stop()
 
-threshold = st.slider(
-    f"Threshold (the model's own: {model.threshold:.2f})",
+if case.id in ((getattr(model, "meta", None) or {}).get("train_cases") or ()):
+    st.warning(
+        f"Case {_ui.plain(case.id)} was one of this model's training cases: its "
+        "scores are optimistic. Judge the model on test cases."
+    )
+
+own = float(model.threshold)
+threshold_key = f"res_threshold_{ref.key}"
+
+
+def _use_own_threshold() -> None:
+    st.session_state[threshold_key] = own
+
+
+slide, reset = st.columns([4, 1], vertical_alignment="bottom")
+# 3 decimals and a step of 0.001: the label is the threshold the figures use
+threshold = slide.slider(
+    f"Threshold (the model's own: {own:.3f})",
     0.0,
     1.0,
-    float(model.threshold),
-    0.01,
-    key=f"res_threshold_{ref.key}",
+    own,
+    0.001,
+    format="%.3f",
+    key=threshold_key,
     persist_state=_ui.KEEP,
+)
+reset.button(
+    "Use the model's threshold",
+    key="res_threshold_reset",
+    on_click=_use_own_threshold,
+    disabled=threshold == own,
 )
 pred = render.reconstruct(prob, threshold, case.fov_mask)
 
@@ -75,7 +98,7 @@ st.caption(f"Prediction took {seconds:.2f} s.")
 panels = [("Original", case.image)]
 if case.has_mask:
     panels.append(("Manual vessel mask", render.mask_image(case.vessel_mask)))
-panels.append((f"Reconstruction (threshold {threshold:.2f})", render.mask_image(pred)))
+panels.append((f"Reconstruction (threshold {threshold:.3f})", render.mask_image(pred)))
 if case.has_mask:
     panels.append(
         ("Errors", render.error_overlay(case.vessel_mask, pred, case.fov_mask))

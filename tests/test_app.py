@@ -567,3 +567,30 @@ def test_train_page_form_does_not_submit_on_enter(sample):
     forms = list(_forms(at.main))
     assert [f.proto.form.form_id for f in forms] == ["train_form_knn"]
     assert forms[0].proto.form.enter_to_submit is False
+
+
+def test_results_page_threshold_reads_as_used_and_returns_to_the_models(
+    sample, sample_models, monkeypatch
+):
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
+    at = app("pages/results.py", cases=sample, dataset="built-in sample")
+    model = at.selectbox(key="res_model").value.split(" ")[0]
+    own = float(store.read_meta(sample_models / model)["threshold"])
+    slider = next(s for s in at.slider if s.key.startswith("res_threshold_"))
+    assert slider.value == pytest.approx(own)
+    assert f"the model's own: {own:.3f})" in slider.label
+    assert slider.proto.step == pytest.approx(0.001)
+    f1 = {m.label: m.value for m in at.metric}["F1 (Dice)"]
+
+    slider.set_value(0.9).run()
+    assert {m.label: m.value for m in at.metric}["F1 (Dice)"] != f1
+    at.button(key="res_threshold_reset").click().run()
+    slider = next(s for s in at.slider if s.key.startswith("res_threshold_"))
+    assert slider.value == pytest.approx(own)
+    assert {m.label: m.value for m in at.metric}["F1 (Dice)"] == f1
+    assert "training cases" not in texts(at.warning)  # synth-04 is a test case
+
+    at.selectbox(key="res_case").set_value("synth-01").run()
+    assert "synth\\-01 was one of this model's training cases: its scores are " in (
+        texts(at.warning)
+    )
