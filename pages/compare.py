@@ -184,10 +184,17 @@ with per_case:
     fig.update_layout(height=300, font=dict(size=16), margin=dict(l=10, r=10, t=50))
     _ui.plot(fig, key="cmp_speed")
 
-notes = [n for r in reports.values() for n in r.notes]
+notes = compare.notes_by_model(reports)
 if notes:
-    with st.expander(f"{len(notes)} note(s) on undefined figures"):
-        st.markdown("\n".join(f"- {n}" for n in notes))
+    count = sum(len(n) for n in notes.values())
+    whose = ", ".join(_ui.plain(name) for name in notes)
+    with st.expander(f"{count} note(s) on undefined figures, from {whose}"):
+        for name, lines in notes.items():
+            about = ""
+            if name == compare.ALL_BACKGROUND:
+                about = " (the baseline that calls every pixel background)"
+            items = "\n".join(f"- {_ui.plain(name)}, {_ui.plain(n)}" for n in lines)
+            st.markdown(f"**{_ui.plain(name)}**{about}\n\n{items}")
 
 st.page_link(
     "pages/results.py", label="Next: look at one image", icon=":material/arrow_forward:"

@@ -594,3 +594,24 @@ def test_results_page_threshold_reads_as_used_and_returns_to_the_models(
     assert "synth\\-01 was one of this model's training cases: its scores are " in (
         texts(at.warning)
     )
+
+
+def test_compare_page_notes_name_the_model_they_concern(
+    sample, sample_models, monkeypatch
+):
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
+    at = app("pages/compare.py", cases=sample, dataset="built-in sample")
+    at.button(key="cmp_run").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    notes = next(e for e in at.expander if "on undefined figures" in e.label)
+    assert notes.label.endswith("from all background")
+    shown = texts(notes.markdown).replace("\\", "")  # Markdown escapes
+    assert "**all background** (the baseline that calls every pixel background)" in (
+        shown
+    )
+    assert "- all background, case synth-04: precision" in shown
+    assert all(
+        line.startswith("- all background, ")
+        for line in shown.splitlines()
+        if line.startswith("- ")
+    )

@@ -11,6 +11,7 @@ from vessel_core.cases import Case
 from vessel_core.compare import (
     TABLE_METRICS,
     AllBackground,
+    notes_by_model,
     per_case_rows,
     summary_rows,
 )
@@ -49,3 +50,14 @@ def test_rows_hold_every_metric_and_the_seconds(case):
 def test_summary_rows_refuses_an_unknown_summary(case):
     with pytest.raises(ValueError, match="which must be 'mean' or 'pooled', got 'x'"):
         summary_rows({}, "x")
+
+
+def test_notes_are_grouped_under_their_model(case):
+    perfect = case.vessel_mask.astype(np.float32)
+    with pytest.warns(UserWarning):
+        background = evaluate([case], [np.zeros((2, 5), np.float32)])
+    reports = {"perfect": evaluate([case], [perfect]), "nothing": background}
+    notes = notes_by_model(reports)
+    assert list(notes) == ["nothing"]  # a model without notes is left out
+    assert notes["nothing"] == background.notes
+    assert any(n.startswith("case c:") and "precision" in n for n in notes["nothing"])

@@ -83,3 +83,12 @@ def per_case_rows(reports: Mapping[str, Report]) -> list[dict[str, Any]]:
         for name, report in reports.items()
         for row in report.cases
     ]
+
+
+def notes_by_model(reports: Mapping[str, Report]) -> dict[str, list[str]]:
+    """Each model's notes on undefined figures, under its name; none: left out.
+
+    The notes of a `Report` name the case but not the model (``"case 01:
+    precision, mcc undefined (...)"``); side by side they must say whose they are.
+    """
+    return {name: list(r.notes) for name, r in reports.items() if r.notes}
