@@ -111,6 +111,19 @@ def train_cases() -> list[Case]:
     return with_masks(split_cases(cases(), "train"))
 
 
+def require_train_cases() -> list[Case]:
+    """The training cases with a vessel mask, or a warning saying how and a stop."""
+    require_cases(need_masks=True)
+    train = train_cases()
+    if not train:
+        st.warning(
+            "No training case has a vessel mask. Put some cases with masks on the "
+            "train side (Data page, *split* column)."
+        )
+        st.stop()
+    return train
+
+
 def sampling_choice() -> dict[str, Any]:
     """The undersampling chosen on its page (the default strategy until then)."""
     if SAMPLING not in st.session_state:

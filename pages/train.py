@@ -91,14 +91,7 @@ def _model_notes(kind: str) -> list[str]:
 
 st.title("3. Train")
 
-_ui.require_cases(need_masks=True)
-train = _ui.train_cases()
-if not train:
-    st.warning(
-        "No training case has a vessel mask. Put some cases with masks on the "
-        "train side (Data page, *split* column)."
-    )
-    st.stop()
+train = _ui.require_train_cases()
 
 kinds = list(_ui.KIND_LABELS)
 kind = st.radio(

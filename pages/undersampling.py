@@ -26,14 +26,7 @@ st.markdown(
     "choice is kept and used by the **Train** page."
 )
 
-_ui.require_cases(need_masks=True)
-train = _ui.train_cases()
-if not train:
-    st.warning(
-        "No training case has a vessel mask. Put some cases with masks on the "
-        "train side (Data page, *split* column)."
-    )
-    st.stop()
+train = _ui.require_train_cases()
 
 choice = _ui.sampling_choice()
 names = list(sampling.STRATEGIES)
