@@ -4,21 +4,47 @@
 127.0.0.1 only (a free port unless one is given), with its own models folder
 (``$VESSEL_MODELS_DIR``) and any further environment settings, and returns once
 Streamlit's health check answers. tests/test_browser.py, bench/load_sessions.py
-and bench/faults.py all start it this way.
+and bench/faults.py all start it this way, and drive Debian's chromium with
+`CHROMIUM_ARGS` (`browser_page` opens one page in a browser of its own).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextlib.contextmanager
+def browser_page(timeout_ms: int = 120_000, viewport: dict | None = None) -> Iterator:
+    """A Playwright page in a chromium of its own, closed when the block ends."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport=viewport)
+            page = context.new_page()
+            page.set_default_timeout(timeout_ms)
+            yield page
+        finally:
+            browser.close()
 
 
 def free_port() -> int:

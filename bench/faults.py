@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench._server import start_server, stop_server  # noqa: E402
+from bench._server import browser_page, start_server, stop_server  # noqa: E402
 from vessel_core import samples, store  # noqa: E402
 from vessel_core.cases import split_cases  # noqa: E402
 
@@ -159,45 +159,36 @@ def hidden(root: Path) -> list[str]:
 
 
 def kill_server_mid_fit(c: Checks, root: Path, log: Path) -> None:
-    from load_sessions import go_to, settle, sync_api
+    from load_sessions import go_to, settle
+    from playwright import sync_api
 
     proc, url = start_server(root, log, SERVER_ENV)
     killed_at = ""
     try:
-        with sync_api.sync_playwright() as p:
-            from load_sessions import CHROMIUM, CHROMIUM_ARGS
-
-            browser = p.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-            )
+        with browser_page() as page:
+            page.goto(url)
+            go_to(page, "1. Data")
+            page.get_by_role("button", name="Load the built-in sample").click()
+            page.get_by_text("Loaded 5 cases").wait_for()
+            settle(page)
+            go_to(page, "3. Train")
+            settle(page)
+            # the default settings, not the quick ones: a longer fit to kill
+            page.get_by_label("Save as", exact=True).fill("killed-mid-fit")
+            page.get_by_role("button", name="Start training").click()
+            running = page.get_by_text(re.compile(r"killed-mid-fit.*: running, "))
+            running.first.wait_for(timeout=60_000)
+            killed_at = " ".join(running.first.inner_text().split())
+            # once a cross-validation fold has been scored the fit is busy; on
+            # a fast machine the chart may come late, so do not wait forever
             try:
-                page = browser.new_context().new_page()
-                page.set_default_timeout(120_000)
-                page.goto(url)
-                go_to(page, "1. Data")
-                page.get_by_role("button", name="Load the built-in sample").click()
-                page.get_by_text("Loaded 5 cases").wait_for()
-                settle(page)
-                go_to(page, "3. Train")
-                settle(page)
-                # the default settings, not the quick ones: a longer fit to kill
-                page.get_by_label("Save as", exact=True).fill("killed-mid-fit")
-                page.get_by_role("button", name="Start training").click()
-                running = page.get_by_text(re.compile(r"killed-mid-fit.*: running, "))
-                running.first.wait_for(timeout=60_000)
-                killed_at = " ".join(running.first.inner_text().split())
-                # once a cross-validation fold has been scored the fit is busy; on
-                # a fast machine the chart may come late, so do not wait forever
-                try:
-                    page.get_by_text("Cross-validation score per k").first.wait_for(
-                        timeout=20_000
-                    )
-                except sync_api.TimeoutError:
-                    pass
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            finally:
-                browser.close()
+                page.get_by_text("Cross-validation score per k").first.wait_for(
+                    timeout=20_000
+                )
+            except sync_api.TimeoutError:
+                pass
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -284,31 +275,16 @@ def _kill_when(child, root: Path, name: str, when, mb: int) -> str:
 
 
 def restart_and_look(c: Checks, root: Path, log: Path, listed: set[str]) -> None:
-    from load_sessions import (
-        CHROMIUM,
-        CHROMIUM_ARGS,
-        page_errors,
-        settle,
-        sidebar_models,
-        sync_api,
-    )
+    from load_sessions import page_errors, settle, sidebar_models
 
     proc, url = start_server(root, log, SERVER_ENV)
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-            )
-            try:
-                page = browser.new_context().new_page()
-                page.set_default_timeout(120_000)
-                page.goto(url)
-                page.get_by_role("heading", name="Retinal vessel extraction").wait_for()
-                settle(page)
-                shown = sidebar_models(page)
-                errors = page_errors(page, "home")
-            finally:
-                browser.close()
+        with browser_page() as page:
+            page.goto(url)
+            page.get_by_role("heading", name="Retinal vessel extraction").wait_for()
+            settle(page)
+            shown = sidebar_models(page)
+            errors = page_errors(page, "home")
     finally:
         stop_server(proc)
     c.check(True, "server restarted on the same models folder", url)

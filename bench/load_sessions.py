@@ -32,15 +32,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._server import start_server, stop_server  # noqa: E402
+from bench._server import (  # noqa: E402
+    browser_page,
+    start_server,
+    stop_server,
+)
 from tests.test_browser import (  # noqa: E402  (the browser test's helpers)
-    CHROMIUM,
-    CHROMIUM_ARGS,
     QUICK_KNN,
     go_to,
     images_shown,
     settle,
-    sync_api,
 )
 
 ERROR_SELECTORS = {
@@ -160,70 +161,59 @@ def run_session(
     t0 = time.monotonic()
     passed_start = trained = False
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-            )
-            try:
-                context = browser.new_context(viewport={"width": 1400, "height": 1000})
-                page = context.new_page()
-                page.set_default_timeout(120_000)
-                page.on("pageerror", lambda e: s.errors.append(f"javascript: {e}"))
-                page.goto(url)
-                page.get_by_role("heading", name="Retinal vessel extraction").wait_for()
-                settle(page)
+        with browser_page(viewport={"width": 1400, "height": 1000}) as page:
+            page.on("pageerror", lambda e: s.errors.append(f"javascript: {e}"))
+            page.goto(url)
+            page.get_by_role("heading", name="Retinal vessel extraction").wait_for()
+            settle(page)
 
-                go_to(page, "1. Data")
-                page.get_by_role("button", name="Load the built-in sample").click()
-                page.get_by_text("Loaded 5 cases").wait_for()
-                settle(page)
-                s.errors += page_errors(page, "data")
-                s.steps.append("loaded")
+            go_to(page, "1. Data")
+            page.get_by_role("button", name="Load the built-in sample").click()
+            page.get_by_text("Loaded 5 cases").wait_for()
+            settle(page)
+            s.errors += page_errors(page, "data")
+            s.steps.append("loaded")
 
-                go_to(page, "3. Train")
-                settle(page)
-                for label, value in QUICK_KNN.items():
-                    page.get_by_label(label, exact=True).fill(value)
-                page.get_by_label("Save as", exact=True).fill(s.name)
-                start_together.wait(timeout=300)
-                passed_start = True
-                page.get_by_role("button", name="Start training").click()
-                s.saw_queue = _watch_queue(page)
-                page.get_by_text(re.compile("Finished.*saved as")).wait_for(
-                    timeout=900_000
+            go_to(page, "3. Train")
+            settle(page)
+            for label, value in QUICK_KNN.items():
+                page.get_by_label(label, exact=True).fill(value)
+            page.get_by_label("Save as", exact=True).fill(s.name)
+            start_together.wait(timeout=300)
+            passed_start = True
+            page.get_by_role("button", name="Start training").click()
+            s.saw_queue = _watch_queue(page)
+            page.get_by_text(re.compile("Finished.*saved as")).wait_for(timeout=900_000)
+            settle(page)
+            s.errors += page_errors(page, "train")
+            s.steps.append("trained")
+            trained = True
+            all_trained.wait(timeout=900)
+
+            # all models saved: the sidebar calls only ours "this session"
+            go_to(page, "5. Results")
+            page.get_by_text("Downloads").wait_for(timeout=300_000)
+            settle(page)
+            models = sidebar_models(page)
+            if models.get(s.name) != "this session":
+                s.errors.append(
+                    f"isolation: own model {s.name} listed as "
+                    f"{models.get(s.name)!r}, expected 'this session'"
                 )
-                settle(page)
-                s.errors += page_errors(page, "train")
-                s.steps.append("trained")
-                trained = True
-                all_trained.wait(timeout=900)
-
-                # all models saved: the sidebar calls only ours "this session"
-                go_to(page, "5. Results")
-                page.get_by_text("Downloads").wait_for(timeout=300_000)
-                settle(page)
-                models = sidebar_models(page)
-                if models.get(s.name) != "this session":
+            for other in names:
+                if other != s.name and models.get(other) == "this session":
                     s.errors.append(
-                        f"isolation: own model {s.name} listed as "
-                        f"{models.get(s.name)!r}, expected 'this session'"
+                        f"isolation: another session's model {other} is listed "
+                        "as 'this session'"
                     )
-                for other in names:
-                    if other != s.name and models.get(other) == "this session":
-                        s.errors.append(
-                            f"isolation: another session's model {other} is listed "
-                            "as 'this session'"
-                        )
-                    if other != s.name and other not in models:
-                        s.errors.append(f"sidebar: saved model {other} is not listed")
-                shown = images_shown(page)
-                if shown < 4:
-                    s.errors.append(f"results: {shown} images shown, expected >= 4")
-                s.errors += page_errors(page, "results")
-                s.steps.append(f"results ({shown} images)")
-                s.finished = True
-            finally:
-                browser.close()
+                if other != s.name and other not in models:
+                    s.errors.append(f"sidebar: saved model {other} is not listed")
+            shown = images_shown(page)
+            if shown < 4:
+                s.errors.append(f"results: {shown} images shown, expected >= 4")
+            s.errors += page_errors(page, "results")
+            s.steps.append(f"results ({shown} images)")
+            s.finished = True
     except Exception as exc:
         s.errors.append(f"step after {s.steps[-1:]}: {type(exc).__name__}: {exc}")
         traceback.print_exc()

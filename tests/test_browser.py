@@ -19,17 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench._server import start_server, stop_server
+from bench._server import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 QUICK_KNN = {"k max": "5", "n folds": "3", "max train samples": "2000"}
 
