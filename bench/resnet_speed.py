@@ -213,7 +213,7 @@ def training(cases, repeat_batches: int = 6) -> tuple[float, float]:
 
             raise CancelValidException()
 
-    learn = make_learner(net, ds, batch, torch.device("cpu"), 1.0, 0.01, [Clock()])
+    learn = make_learner(net, ds, batch, torch.device("cpu"), 0, 1.0, 0.01, [Clock()])
     POLICY.update(force=True)
     learn.fit_one_cycle(1, lr_max=quick["lr"])
     gaps = np.diff(stamps)  # the first batch (warm-up) is not timed

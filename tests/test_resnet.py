@@ -295,6 +295,36 @@ def test_checkpoint_resume_runs_only_the_missing_epochs(cases, tmp_path):
     assert [h["epoch"] for h in second.meta["history"]] == [1, 2]
 
 
+def test_loader_workers_draw_the_same_batches(cases):
+    """Crops drawn in 2 worker processes train exactly as those drawn in-process."""
+    settings = {**TINY, "pretrained": False, "val_cases": 0, "epochs": 2}
+    losses = {}
+    for workers in (0, 2):
+        events = []
+        ResNetUNet(**settings, loader_workers=workers).fit(
+            cases, on_progress=events.append
+        )
+        losses[workers] = [e.metrics["loss"] for e in events if e.step == "batch"]
+    assert len(losses[0]) == 6
+    assert losses[2] == losses[0]
+
+
+def test_loader_workers_default_to_none_on_the_cpu_and_do_not_change_a_checkpoint(
+    cases,
+):
+    model = ResNetUNet(**TINY)
+    assert model.settings["loader_workers"] == -1
+    assert model._loader_workers(torch.device("cpu")) == 0
+    assert 0 <= model._loader_workers(torch.device("cuda")) <= 8
+    other = ResNetUNet(**TINY, loader_workers=3)
+    assert other._loader_workers(torch.device("cuda")) == 3
+    assert model._identity(cases[:2], cases[2:]) == other._identity(
+        cases[:2], cases[2:]
+    )
+    with pytest.raises(ValueError, match="loader_workers"):
+        ResNetUNet(loader_workers=-2)
+
+
 # ---------------------------------------------------------------------------
 # Prediction
 
@@ -513,6 +543,23 @@ def test_save_and_load_give_the_same_map_here_and_in_a_fresh_process(
         timeout=120,
     )
     np.testing.assert_allclose(np.load(tmp_path / "map.npy"), here, atol=1e-5)
+
+
+def test_a_model_trained_on_a_gpu_loads_and_predicts_on_the_cpu(
+    trained, cases, tmp_path
+):
+    model, _ = trained
+    folder = store.save_model(model, tmp_path / "rn")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["settings"]["device"] = "cuda"  # as bench/gpu_full.sh trains it
+    (folder / "model.json").write_text(json.dumps(meta))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the model would stay on it")
+    loaded = store.load_model(folder)
+    assert loaded.settings["device"] == "auto"
+    np.testing.assert_allclose(
+        loaded.predict_proba(cases[0]), model.predict_proba(cases[0]), atol=1e-5
+    )
 
 
 def test_load_without_weights_names_the_file(tmp_path):

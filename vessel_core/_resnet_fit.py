@@ -305,13 +305,24 @@ def make_learner(
     dataset: CropDataset,
     batch_size: int,
     device: torch.device,
+    workers: int,
     dice_weight: float,
     weight_decay: float,
     callbacks: Sequence[Callback],
 ) -> Learner:
-    """A fastai `Learner` over random crops, with no printing and no progress bar."""
+    """A fastai `Learner` over random crops, with no printing and no progress bar.
+
+    ``workers`` processes draw the crops (0: the training loop draws them); each
+    crop depends only on (seed, epoch, index), so the batches are the same.
+    """
     train_dl = DataLoader(
-        dataset, bs=batch_size, shuffle=False, drop_last=True, device=device
+        dataset,
+        bs=batch_size,
+        shuffle=False,
+        drop_last=True,
+        device=device,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
     )
     dls = DataLoaders(train_dl, train_dl, device=device)
     dls.n_inp = 1  # batches are (image, vessel mask, FOV): one input, two targets

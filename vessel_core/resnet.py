@@ -91,13 +91,14 @@ _DEFAULTS: dict[str, Any] = {
     "checkpoint_dir": None,
     "resume": False,
     "num_threads": 0,
+    "loader_workers": -1,
     "device": "auto",
     "seed": 0,
 }
 
 _INTEGERS = ("crop_size", "batch_size", "epochs", "crops_per_epoch", "val_cases")
 _INTEGERS += ("threshold_train_cases",)
-_INTEGERS += ("tile_size", "tile_overlap", "num_threads", "seed")
+_INTEGERS += ("tile_size", "tile_overlap", "num_threads", "loader_workers", "seed")
 _FLOATS = ("lr", "weight_decay", "vessel_crop_share", "rotation", "jitter")
 _FLOATS += ("dice_weight", "max_minutes")
 _BOOLS = ("last_cross", "self_attention", "blur", "resume", "match_scale")
@@ -189,6 +190,11 @@ class ResNetUNet:
         torch CPU threads; 0 follows the cores other processes leave free
         (measured every 5 s while training and at each prediction), because
         torch's threads stall each other on a core shared with another process.
+    loader_workers : int, default=-1
+        Processes drawing and augmenting the training crops beside the training
+        loop; -1 picks none on the CPU (they would take its cores from torch) and
+        up to 8 beside a GPU, which would otherwise wait for them. The crops are
+        the same whatever the number.
     device : {"auto", "cpu", "cuda"}, default="auto"
         ``"auto"``: CUDA when present, else the CPU.
     seed : int, default=0
@@ -345,6 +351,7 @@ class ResNetUNet:
             dataset,
             s["batch_size"],
             device,
+            self._loader_workers(device),
             s["dice_weight"],
             s["weight_decay"],
             [events],
@@ -710,6 +717,10 @@ class ResNetUNet:
         from vessel_core import store
 
         settings = {k: v for k, v in meta.get("settings", {}).items() if k in _DEFAULTS}
+        if settings.get("device") == "cuda" and not _cuda_available():
+            # trained on a GPU: it predicts here on the CPU
+            logger.info("%s was trained with device='cuda'; no GPU here: CPU", folder)
+            settings["device"] = "auto"
         model = cls(**settings)
         state = store.load_weights(folder, WEIGHTS_FILE)
         net = rn.build_unet(_arch(model.settings))
@@ -735,11 +746,18 @@ class ResNetUNet:
         import torch
 
         wanted = self.settings["device"]
-        if wanted == "cuda" and not torch.cuda.is_available():
+        if wanted == "cuda" and not _cuda_available():
             raise ValueError("device='cuda' but torch sees no CUDA device; use 'auto'")
         if wanted == "auto":
-            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+            wanted = "cuda" if _cuda_available() else "cpu"
         return torch.device(wanted)
+
+    def _loader_workers(self, device) -> int:
+        """Crop-drawing processes: the setting, or for -1 none on the CPU, else <= 8."""
+        wanted = self.settings["loader_workers"]
+        if wanted >= 0:
+            return wanted
+        return 0 if device.type == "cpu" else min(8, max((os.cpu_count() or 1) - 1, 0))
 
     def _thread_policy(self, device):
         """The CPU thread policy (None on a GPU): fixed, or following free cores."""
@@ -752,8 +770,15 @@ class ResNetUNet:
         return self._threads
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 # settings that change how a fit runs, not what it computes
 _RUN_ONLY = ("checkpoint_dir", "resume", "num_threads", "max_minutes", "device")
+_RUN_ONLY += ("loader_workers",)
 _RUN_ONLY += ("tile_size", "tile_overlap", "match_scale")
 
 
@@ -803,6 +828,11 @@ def _resolve(settings: dict[str, Any]) -> dict[str, Any]:
     for key in ("val_cases", "threshold_train_cases", "tile_overlap", "num_threads"):
         if out[key] < 0:
             raise ValueError(f"{key} must be >= 0, got {out[key]!r}")
+    if out["loader_workers"] < -1:
+        raise ValueError(
+            f"loader_workers must be -1 (automatic) or >= 0, got "
+            f"{out['loader_workers']!r}"
+        )
     if out["max_minutes"] is not None and out["max_minutes"] <= 0:
         out["max_minutes"] = 0.0
     if out["checkpoint_dir"] in ("", None):
