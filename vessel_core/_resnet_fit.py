@@ -322,7 +322,6 @@ def make_learner(
         drop_last=True,
         device=device,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
     )
     dls = DataLoaders(train_dl, train_dl, device=device)
     dls.n_inp = 1  # batches are (image, vessel mask, FOV): one input, two targets
