@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import streamlit as st
 
 from pages import _ui
-
-logger = logging.getLogger("vessel_app")
 
 st.set_page_config(
     page_title="Retinal vessel extraction",
@@ -30,14 +26,4 @@ page = st.navigation(
         st.Page("pages/results.py", title="5. Results", icon=":material/image:"),
     ]
 )
-try:
-    page.run()
-except Exception as exc:  # the last guard: a message for the user, no traceback
-    logger.exception("page %s failed", page.title)
-    st.error(
-        f"This page ran into a problem it did not expect: {type(exc).__name__}: "
-        f"{exc}. What you loaded and trained is kept; try another choice."
-    )
-finally:
-    # drawn after the page, so it shows what the page just loaded or trained
-    _ui.sidebar()
+_ui.run_page(page)

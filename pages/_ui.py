@@ -10,12 +10,12 @@ import logging
 import math
 import os
 import re
+import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import plotly.graph_objects as go
@@ -24,6 +24,7 @@ import streamlit as st
 from vessel_core import sampling, store
 from vessel_core.cases import Case, fingerprint_cases, split_cases, with_masks
 from vessel_core.jobs import Job, JobManager
+from vessel_core.sessions import SessionMemory
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +54,109 @@ DATASET = "dataset"
 UNPAIRED = "unpaired"
 LOAD_COUNT = "load_count"
 SAMPLING = "sampling_choice"
+COMPARE_RESULT = "compare_result"
 SESSION_ID = "session_id"
 #: Settings widgets keep their value across page switches.
 KEEP = "session"
+#: The page address's query parameter holding the session id (so a reload keeps it).
+SESSION_PARAM = "session"
+#: What a reload gets back: the loaded data, the undersampling, the last comparison.
+KEPT = (CASES, DATASET, UNPAIRED, LOAD_COUNT, SAMPLING, COMPARE_RESULT)
 
 
 # ---------------------------------------------------------------------------------
 # Session state
 
 
+class PageStopped(BaseException):  # noqa: N818  (a control signal, like StopIteration)
+    """Ends a page's script early; app.py still draws the sidebar and remembers.
+
+    `st.stop` would end the whole run, sidebar included.
+    """
+
+
+_guard = threading.local()  # Streamlit runs each session's script in its own thread
+
+
+def stop_page() -> NoReturn:
+    """End this page here (after its message), keeping the sidebar.
+
+    Outside `run_page` (a page run alone, as AppTest does after its first run)
+    it is `st.stop`.
+    """
+    if getattr(_guard, "on", False):
+        raise PageStopped
+    st.stop()
+
+
+def run_page(page) -> None:
+    """Run a page of `st.navigation`, then remember the session and draw the sidebar.
+
+    The session id comes first, so a reload has its data back before the page
+    reads it. A page's unexpected error becomes a message, not a traceback.
+    """
+    session_id()
+    _guard.on = True
+    try:
+        page.run()
+    except PageStopped:
+        pass  # the page said why it ends early
+    except Exception as exc:  # the last guard: a message for the user, no traceback
+        logger.exception("page %s failed", page.title)
+        st.error(
+            f"This page ran into a problem it did not expect: {type(exc).__name__}: "
+            f"{exc}. What you loaded and trained is kept; try another choice."
+        )
+    finally:
+        _guard.on = False
+        remember_session()
+        # drawn after the page, so it shows what the page just loaded or trained
+        sidebar()
+
+
+@st.cache_resource
+def _memory() -> SessionMemory:
+    """What every session of this server holds, kept for a reload."""
+    return SessionMemory()
+
+
 def session_id() -> str:
-    """This browser session's id (owner of its jobs)."""
+    """This browser session's id (owner of its jobs), also in the page's address.
+
+    A new session whose address names an id this server gave out (a reload, or
+    the same address in another tab) takes it over, with its jobs and what it had
+    loaded (`KEPT`).
+    """
     if SESSION_ID not in st.session_state:
-        st.session_state[SESSION_ID] = uuid.uuid4().hex
-    return st.session_state[SESSION_ID]
+        memory = _memory()
+        asked = st.query_params.get(SESSION_PARAM)
+        if memory.known(asked):
+            kept = memory.recall(asked)
+            for key, value in kept.items():
+                st.session_state[key] = value
+            st.session_state[SESSION_ID] = asked
+            if kept.get(CASES):
+                st.toast(
+                    f"Welcome back: {len(kept[CASES])} loaded cases and this "
+                    "session's models were kept.",
+                    icon=":material/restore:",
+                )
+        else:
+            st.session_state[SESSION_ID] = memory.new_id()
+    sid = st.session_state[SESSION_ID]
+    if st.query_params.get(SESSION_PARAM) != sid:
+        st.query_params[SESSION_PARAM] = sid
+    return sid
+
+
+def remember_session() -> None:
+    """Keep what this session holds (`KEPT`) on the server, for a reload."""
+    sid = st.session_state.get(SESSION_ID)
+    if sid is None:
+        return
+    held = {k: st.session_state[k] for k in KEPT if k in st.session_state}
+    _memory().remember(sid, held)
+    _memory().forget_keys(sid, [k for k in KEPT if k not in held])
 
 
 def cases() -> list[Case]:
@@ -95,14 +185,14 @@ def require_cases(need_masks: bool = False) -> list[Case]:
     if not loaded:
         st.info("No data loaded yet. Load images on the Data page first.")
         st.page_link("pages/data.py", label="Go to Data", icon=":material/upload:")
-        st.stop()
+        stop_page()
     if need_masks and not with_masks(loaded):
         st.warning(
             "None of the loaded images has a manual vessel mask; this page needs "
             "some. Load a dataset with masks (or the built-in sample)."
         )
         st.page_link("pages/data.py", label="Go to Data", icon=":material/upload:")
-        st.stop()
+        stop_page()
     return loaded
 
 
@@ -120,7 +210,7 @@ def require_train_cases() -> list[Case]:
             "No training case has a vessel mask. Put some cases with masks on the "
             "train side (Data page, *split* column)."
         )
-        st.stop()
+        stop_page()
     return train
 
 
@@ -646,7 +736,7 @@ def _parse_list(text: str, default: Sequence[Any], label: str) -> list[Any]:
         return [kind(part.strip()) for part in text.split(",") if part.strip()]
     except ValueError:
         st.error(f"{label}: expected a comma-separated list like {list(default)}")
-        st.stop()
+        stop_page()
 
 
 def plural(n: int, word: str) -> str:

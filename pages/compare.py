@@ -12,7 +12,7 @@ from pages import _ui
 from vessel_core import compare, metrics
 from vessel_core.cases import split_cases, with_masks
 
-RESULT = "compare_result"
+RESULT = _ui.COMPARE_RESULT
 
 st.title("4. Compare")
 
@@ -21,7 +21,7 @@ refs = {r.label: r for r in _ui.model_refs()}
 if not refs:
     st.info("No model yet: train one on the Train page (or put one under models/).")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")
-    st.stop()
+    _ui.stop_page()
 
 scorable = with_masks(loaded)
 default_cases = [c.id for c in with_masks(split_cases(loaded, "test"))] or [
@@ -87,7 +87,7 @@ if run:
 result = st.session_state.get(RESULT)
 if result is None:
     st.info("Choose models and test cases, then press **Score the models**.")
-    st.stop()
+    _ui.stop_page()
 if result["models"] != chosen_models or result["cases"] != chosen_ids:
     st.warning("The figures below are for an earlier choice; press the button again.")
 

@@ -18,7 +18,7 @@ refs = {r.label: r for r in _ui.model_refs()}
 if not refs:
     st.info("No model yet: train one on the Train page (or put one under models/).")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")
-    st.stop()
+    _ui.stop_page()
 
 by_id = {c.id: c for c in loaded}
 test_first = sorted(by_id, key=lambda cid: by_id[cid].split != "test")
@@ -45,7 +45,7 @@ try:
         prob, seconds = _ui.predict(ref, case)
 except Exception as exc:  # a model that cannot predict must not end the page
     _ui.show_error(exc, f"Predicting case {case.id} with {ref.name}")
-    st.stop()
+    _ui.stop_page()
 
 if case.id in ((getattr(model, "meta", None) or {}).get("train_cases") or ()):
     st.warning(

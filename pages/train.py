@@ -34,7 +34,9 @@ MAIN_SETTINGS = {
         "max_minutes",
     ],
 }
-EXTRA_CHOICES = {"resnet34": {"pretrained": ["auto", True, False]}}
+EXTRA_CHOICES = {
+    "resnet34": {"pretrained": ["auto", True, False], "loader_workers": (-1, 32)}
+}
 #: Kinds whose classifier learns from the selection's labels (both classes needed).
 NEEDS_BOTH_CLASSES = ("knn",)
 
@@ -106,7 +108,7 @@ try:
     cls = store.model_class(kind)
 except (ImportError, ValueError) as exc:
     _ui.show_error(exc, f"Loading the {_ui.KIND_LABELS[kind]} code")
-    st.stop()
+    _ui.stop_page()
 
 doc = (cls.__doc__ or "").strip().split("\n\n")[0]
 if doc:

@@ -105,7 +105,7 @@ try:
     selection = _ui.current_selection()
 except ValueError as exc:
     _ui.show_error(exc, "Undersampling")
-    st.stop()
+    _ui.stop_page()
 
 missing = selection.missing_classes()
 with right:

@@ -615,3 +615,52 @@ def test_compare_page_notes_name_the_model_they_concern(
         for line in shown.splitlines()
         if line.startswith("- ")
     )
+
+
+def reloaded(at: AppTest, page: str = "pages/home.py", **params) -> AppTest:
+    """A new session at ``at``'s address, as a browser reload starts one."""
+    again = AppTest.from_file(APP, default_timeout=60)
+    again.query_params = {**at.query_params, **params}
+    again.run()
+    if page != "pages/home.py":
+        again.switch_page(page).run()
+    assert not again.exception, again.exception
+    return again
+
+
+def test_a_reload_keeps_the_loaded_data_the_undersampling_and_the_jobs(
+    sample, models_dir
+):
+    # AppTest runs app.py (which remembers the session) on an AppTest's first run
+    # only; later runs run the page alone, so the state is set up front here
+    choice = {"strategy": "random", "settings": {"drop_fraction": 0.5}, "seed": 3}
+    at = app(cases=sample, dataset="built-in sample", sampling_choice=choice)
+    sid = at.session_state["session_id"]
+    assert at.query_params["session"] == sid
+    at.switch_page("pages/train.py").run()
+    at.radio(key="train_kind").set_value("classic").run()
+    at.button(key="train_start").click().run()
+    assert not at.error, texts(at.error)
+
+    again = reloaded(at)
+    assert again.session_state["session_id"] == sid
+    assert [c.id for c in again.session_state["cases"]] == [c.id for c in sample]
+    assert again.session_state["sampling_choice"] == choice
+    assert "5 cases" in texts(again.sidebar.markdown)
+    assert "Welcome back" in texts(again.toast)
+    # the fit started before the reload is this session's, and finishes here
+    again.switch_page("pages/train.py").run()
+    run_until(again, lambda at: "Finished" in texts(at.success))
+    from pages import _ui
+
+    jobs = _ui._job_manager(str(models_dir)).jobs(sid)
+    assert [j.kind for j in jobs] == ["classic"]
+
+
+def test_an_address_with_an_unknown_session_starts_afresh(sample):
+    at = app(cases=sample, dataset="built-in sample")
+    for made_up in ("0" * 32, "not an id", at.session_state["session_id"][::-1]):
+        again = reloaded(at, session=made_up)
+        assert again.session_state["session_id"] not in (made_up, "")
+        assert again.query_params["session"] == again.session_state["session_id"]
+        assert "Nothing yet." in texts(again.sidebar.markdown)

@@ -180,6 +180,38 @@ def test_main_path_in_a_browser(page, shots):
     shoot(page, shots, "5_results")
 
 
+def test_a_reload_keeps_the_session(server, browser, shots):
+    """A reload (or a page switch, then a reload) keeps what the session loaded."""
+    page = new_page(browser, server)
+    try:
+        go_to(page, "1. Data")
+        page.get_by_role("button", name="Load the built-in sample").click()
+        page.get_by_text("Loaded 5 cases").wait_for()
+        settle(page)
+        sid = re.search(r"[?&]session=([0-9a-f]{32})", page.url)
+        assert sid, page.url
+
+        go_to(page, "2. Undersampling")  # a page switch clears the address's query
+        settle(page)
+        assert f"session={sid.group(1)}" in page.url  # ... and the app puts it back
+        page.reload()
+        page.get_by_text("Welcome back").wait_for()
+        settle(page)
+        sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
+        assert "built-in sample: 5 cases" in sidebar, sidebar
+        assert page.locator(".js-plotly-plot").count() >= 1  # not "load data first"
+        assert f"session={sid.group(1)}" in page.url
+        shoot(page, shots, "2_undersampling_after_reload")
+
+        # an address with a session this server never gave out starts afresh
+        page.goto(re.sub(r"session=[0-9a-f]{32}", "session=" + "0" * 32, page.url))
+        page.get_by_text("Nothing yet.").wait_for()  # the sidebar, on a stopped page
+        page.get_by_text("No data loaded yet").wait_for()
+        assert "session=" + "0" * 32 not in page.url
+    finally:
+        page.context.close()
+
+
 # ---------------------------------------------------------------------------------
 # An upload over the server's size limit
 

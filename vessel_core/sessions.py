@@ -1,0 +1,90 @@
+"""What a browser session has loaded and chosen, kept on the server across reloads.
+
+A browser reload starts a new Streamlit session with empty state. The app puts its
+session id in the page address (``?session=...``); when a new session arrives with
+an id this memory knows, it takes that session's id, its jobs and what it had
+loaded back. Ids the memory never gave out are refused, so a made-up or stale
+address (after a server restart, say) starts afresh.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: A session id as `SessionMemory.new_id` makes it.
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class SessionMemory:
+    """Per-session values, kept ``timeout`` seconds after the session last wrote.
+
+    Parameters
+    ----------
+    timeout : float, default 1800
+        Seconds a session's values outlive its last `remember` or `touch`; a
+        session gone longer is forgotten (its values freed) on the next access.
+    clock : callable, optional
+        Seconds, monotonic (for tests).
+    """
+
+    def __init__(
+        self, timeout: float = 1800.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.timeout = float(timeout)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._values: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, float] = {}
+
+    def new_id(self) -> str:
+        """A fresh session id, known from now on."""
+        sid = uuid.uuid4().hex
+        with self._lock:
+            self._values[sid] = {}
+            self._seen[sid] = self._clock()
+        return sid
+
+    def known(self, sid: object) -> bool:
+        """Whether ``sid`` is an id this memory gave out and still holds."""
+        if not isinstance(sid, str) or not _ID.fullmatch(sid):
+            return False
+        with self._lock:
+            self._forget_gone()
+            return sid in self._values
+
+    def remember(self, sid: str, values: dict[str, Any]) -> None:
+        """Keep ``values`` (replacing the keys given) for session ``sid``."""
+        with self._lock:
+            self._values.setdefault(sid, {}).update(values)
+            self._seen[sid] = self._clock()
+
+    def forget_keys(self, sid: str, keys: Iterable[str]) -> None:
+        """Drop ``keys`` of session ``sid`` (what it no longer holds)."""
+        with self._lock:
+            held = self._values.get(sid, {})
+            for key in keys:
+                held.pop(key, None)
+
+    def recall(self, sid: str) -> dict[str, Any]:
+        """A copy of what session ``sid`` kept ({} for an unknown one)."""
+        with self._lock:
+            self._forget_gone()
+            if sid in self._values:
+                self._seen[sid] = self._clock()
+            return dict(self._values.get(sid, {}))
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._forget_gone()
+            return len(self._values)
+
+    def _forget_gone(self) -> None:
+        now = self._clock()
+        for sid in [s for s, t in self._seen.items() if now - t > self.timeout]:
+            del self._seen[sid]
+            self._values.pop(sid, None)
