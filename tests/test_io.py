@@ -6,6 +6,7 @@ import gzip
 import io
 import struct
 import time
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -151,7 +152,37 @@ def test_read_image_constant_16bit_gives_zeros(tmp_path):
     assert_array_equal(read_image(path), np.zeros((3, 4, 3), np.uint8))
 
 
-def test_read_image_16bit_colour_png_warns_and_keeps_top_bits():
+def test_read_image_16bit_colour_png_is_rescaled_by_its_real_range():
+    # a dark 12-bit camera image: top 8 bits would leave it at 0..15
+    values = np.zeros((2, 3, 3), np.uint16)
+    values[0, 0] = (4095, 2048, 0)
+    values[1, 2] = (1024, 0, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = read_image(png_16bit_rgb(values), name="wide.png")
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
+    assert_array_equal(out[0, 0], (255, 128, 0))  # one range for all channels
+    assert_array_equal(out[1, 2], (64, 0, 6))
+
+
+def test_read_image_16bit_colour_tiff_is_rescaled_by_its_real_range(tmp_path):
+    import cv2
+
+    values = np.zeros((4, 5, 3), np.uint16)
+    values[1, 1] = (3000, 1500, 0)  # RGB
+    path = tmp_path / "wide.tif"
+    assert cv2.imwrite(str(path), values[..., ::-1])  # OpenCV writes BGR
+    out = read_image(path)
+    assert_array_equal(out[1, 1], (255, 128, 0))
+    assert out[0, 0].tolist() == [0, 0, 0]
+
+
+def test_read_image_16bit_colour_opencv_cannot_read_warns_and_keeps_top_bits(
+    monkeypatch,
+):
+    from vessel_core import io as io_module
+
+    monkeypatch.setattr(io_module, "_decode_16bit_colour", lambda data, size: None)
     values = np.zeros((2, 3, 3), np.uint16)
     values[0, 0] = (0x1234, 0xFF00, 0x00FF)
     with pytest.warns(UserWarning, match="16-bit colour"):

@@ -221,8 +221,10 @@ def read_image(source: Source, name: str | None = None) -> NDArray[np.uint8]:
     JPEG, BMP and PPM/PGM/PBM, each possibly gzip-compressed (STARE's
     ``.ppm.gz``). Single-channel images of more than 8 bits (16-bit TIFF or PNG,
     32-bit integer or float TIFF) are rescaled to 0..255 by their real min..max
-    range; a constant one gives zeros. Pillow reduces 16-bit *colour* images to
-    their top 8 bits (a fixed range, not the real one); a warning says so. Only
+    range; a constant one gives zeros. 16-bit *colour* TIFF and PNG are decoded
+    by OpenCV and rescaled the same way, over all three channels at once (their
+    balance kept); where OpenCV cannot read one, Pillow's top 8 bits are kept
+    and a warning says so. Only
     the first frame of a multi-frame file is read, and EXIF orientation is not
     applied (masks carry none, and must stay aligned with their image).
 
@@ -240,10 +242,14 @@ def read_image(source: Source, name: str | None = None) -> NDArray[np.uint8]:
             )
         if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
             return np.repeat(_rescale_by_range(np.asarray(pil))[..., None], 3, axis=2)
-        if wide_colour:
+        if wide_colour is not None:
+            wide = _decode_16bit_colour(wide_colour, pil.size)
+            if wide is not None:
+                return _rescale_by_range(wide)
             warnings.warn(
-                f"{label!r} is a 16-bit colour {fmt}; it was reduced to its top 8 "
-                "bits (a fixed range), so a dark image stays dark",
+                f"{label!r} is a 16-bit colour {fmt} that OpenCV could not read; "
+                "Pillow reduced it to its top 8 bits (a fixed range), so a dark "
+                "image stays dark",
                 stacklevel=2,
             )
         if pil.mode in ("1", "L", "LA", "La"):
@@ -491,8 +497,13 @@ def _describe_unknown(head: bytes) -> str:
     return f"not an image: unknown format (first bytes {head[:8].hex(' ')})"
 
 
-def _open(source: Source, name: str | None) -> tuple[Image.Image, str, str, bool]:
-    """Decode the file with Pillow: (image, label, format, 16-bit colour?).
+def _open(
+    source: Source, name: str | None
+) -> tuple[Image.Image, str, str, bytes | None]:
+    """Decode the file with Pillow: (image, label, format, 16-bit colour file).
+
+    The last item is the file's bytes when it is a 16-bit-per-channel colour TIFF
+    or PNG (which Pillow reduces to 8 bits), else None.
 
     The size is checked against `MAX_PIXELS` from the header, before decoding.
     """
@@ -525,7 +536,7 @@ def _open(source: Source, name: str | None) -> tuple[Image.Image, str, str, bool
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         pil.close()
         raise _corrupt(label, fmt, exc) from None
-    return pil, label, fmt, _is_16bit_colour(pil, fmt, data)
+    return pil, label, fmt, data if _is_16bit_colour(pil, fmt, data) else None
 
 
 def _corrupt(label: str, fmt: str, exc: BaseException) -> LoadError:
@@ -557,6 +568,29 @@ def _is_16bit_colour(pil: Image.Image, fmt: str, data: bytes) -> bool:
     if fmt == "PNG":
         return len(data) > 24 and data[24] > 8  # IHDR bit depth
     return False
+
+
+def _decode_16bit_colour(data: bytes, size: tuple[int, int]) -> NDArray | None:
+    """The (H, W, 3) uint16 RGB pixels of a 16-bit colour file (OpenCV), or None.
+
+    None when OpenCV cannot decode it, or reads another size than Pillow did.
+    """
+    import cv2
+
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    width, height = size
+    if (
+        pixels is None
+        or pixels.dtype != np.uint16
+        or pixels.ndim != 3
+        or pixels.shape[:2] != (height, width)
+        or pixels.shape[2] not in (3, 4)
+    ):
+        return None
+    return np.ascontiguousarray(pixels[..., 2::-1])  # BGR(A) -> RGB
 
 
 def _rescale_by_range(values: NDArray) -> NDArray[np.uint8]:
