@@ -89,6 +89,29 @@ def stop_page() -> NoReturn:
     st.stop()
 
 
+def through_app() -> None:
+    """Make sure this page runs inside app.py; every page calls it first.
+
+    Streamlit takes a folder named ``pages/`` beside the main script for its older
+    one-file-per-page mode until `st.navigation` has run once in the server
+    process: the first visit after a start that lands on a page's own address
+    (``/train``, a bookmark, a reload) would run that file alone, without the
+    navigation, the sidebar or the session id. This turns that mode off and
+    reruns, so app.py runs and shows the same page.
+    """
+    from streamlit import config
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if config.get_option("global.appTest"):
+        # AppTest turns that mode back on before every run; a rerun here would
+        # drop the click the test just made. A test runs pages alone after its
+        # first run (app.py's sidebar and memory run on that first run only).
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def run_page(page) -> None:
     """Run a page of `st.navigation`, then remember the session and draw the sidebar.
 
@@ -742,3 +765,7 @@ def _parse_list(text: str, default: Sequence[Any], label: str) -> list[Any]:
 def plural(n: int, word: str) -> str:
     """``"1 case"``, ``"3 cases"``."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+if __name__ == "__main__":  # Streamlit ran this helper file as a page of its own
+    through_app()

@@ -12,6 +12,8 @@ from pages import _ui
 from vessel_core import compare, metrics
 from vessel_core.cases import split_cases, with_masks
 
+_ui.through_app()
+
 RESULT = _ui.COMPARE_RESULT
 
 st.title("4. Compare")

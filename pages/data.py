@@ -11,6 +11,8 @@ from pages import _ui
 from vessel_core import io, render, samples
 from vessel_core.cases import Case
 
+_ui.through_app()
+
 SOURCES = ("Built-in sample", "Upload files", "Folder on the server")
 
 st.title("1. Data")

@@ -2,6 +2,10 @@
 
 import streamlit as st
 
+from pages import _ui
+
+_ui.through_app()
+
 st.title("Retinal vessel extraction")
 st.markdown(
     """

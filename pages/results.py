@@ -9,6 +9,8 @@ import streamlit as st
 from pages import _ui
 from vessel_core import metrics, render
 
+_ui.through_app()
+
 SHOWN = ("f1", "sensitivity", "specificity", "precision", "accuracy", "mcc", "auc_roc")
 
 st.title("5. Results")

@@ -8,6 +8,8 @@ from pages import _ui
 from vessel_core import store
 from vessel_core.jobs import FAILED, STOPPED, Job
 
+_ui.through_app()
+
 EPOCH_SHOWN = ("dice", "f1", "sensitivity", "specificity", "auc_roc")
 
 #: Settings shown up front per kind (the others go under "More settings").

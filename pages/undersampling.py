@@ -10,6 +10,8 @@ from pages import _ui
 from vessel_core import sampling
 from vessel_core.knn import KNNModel
 
+_ui.through_app()
+
 FRACTIONS = ("drop_fraction", "near_share")
 HELP = {
     "drop_fraction": "Share of the background pixels left out.",

@@ -212,6 +212,24 @@ def test_a_reload_keeps_the_session(server, browser, shots):
         page.context.close()
 
 
+def test_a_first_visit_to_a_page_address_after_a_start_runs_the_whole_app(
+    tmp_path, browser
+):
+    """A bookmark or reload of /train right after the server starts (stale session)."""
+    with app_server(tmp_path / "models", tmp_path / "streamlit.log") as url:
+        page = new_page(browser, f"{url.rstrip('/')}/train?session={'a' * 32}")
+        try:
+            page.get_by_role("heading", name="3. Train").first.wait_for()
+            page.get_by_text("Nothing yet.").wait_for()  # the app's own sidebar
+            settle(page)
+            sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
+            assert "1. Data" in sidebar and "ui" not in sidebar.split(), sidebar
+            assert re.search(r"session=[0-9a-f]{32}", page.url), page.url
+            assert "session=" + "a" * 32 not in page.url
+        finally:
+            page.context.close()
+
+
 # ---------------------------------------------------------------------------------
 # An upload over the server's size limit
 
