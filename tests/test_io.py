@@ -829,3 +829,25 @@ def test_drive_estimated_fov_agrees_with_given(drive_found):
     found, _ = drive_found
     scores = [iou(estimate_fov(c.image), c.fov_mask) for c in found.cases]
     assert min(scores) > 0.95, f"worst IoU {min(scores):.3f}"
+
+
+def test_a_photograph_given_as_a_mask_is_refused_naming_the_file(drive_root):
+    photo = (drive_root / "training/images/23_training.tif").read_bytes()
+    with pytest.raises(LoadError, match=r"'23_manual1.tif' looks like a photograph"):
+        read_mask(photo, name="23_manual1.tif")
+
+
+def test_masks_with_soft_edges_or_colour_are_not_taken_for_photographs():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, :] = 255
+    mask[19, :] = mask[44, :] = 128  # anti-aliased edges
+    grey = Image.fromarray(mask)
+    buf = io.BytesIO()
+    grey.save(buf, format="JPEG", quality=60)
+    assert read_mask(buf.getvalue(), name="soft.jpg")[30, 30]
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[rng.random((64, 64)) < 0.3] = (200, 0, 0)  # a red drawing on black
+    buf = io.BytesIO()
+    Image.fromarray(red).save(buf, format="PNG")
+    assert read_mask(buf.getvalue(), name="red.png").mean() == pytest.approx(0.3, 0.1)

@@ -89,6 +89,7 @@ _WHAT_TO_DO = {
     "unpack": "rebuild the archive without a password, with plain deflate",
     "bomb": "if the data is genuine, unpack it yourself and give the folder",
     "nothing": "give fundus images, with vessel masks for training",
+    "not_a_mask": "a mask is white (or coloured) on black, drawn on its image",
 }
 
 
@@ -300,6 +301,11 @@ def read_mask(source: Source, name: str | None = None) -> NDArray[np.bool_]:
        values are 0 and 1 is a label image: 1 is True (not for JPEG, where 0/1
        is noise).
 
+    6. An 8-bit file more than half of whose pixels hold a mid-tone (grey, or any
+       colour channel, strictly between 32 and 223) is a photograph, not a mask,
+       and is refused (`LoadError`); a mask is black and white (or one colour on
+       black) but for its edges.
+
     Inverted masks (black vessels on white) cannot be told from the file; masks
     are never resized.
     """
@@ -311,7 +317,9 @@ def read_mask(source: Source, name: str | None = None) -> NDArray[np.bool_]:
         if pil.mode == "1":
             return np.asarray(pil.convert("L")) >= 128
         if pil.mode == "L":
-            return _threshold(np.asarray(pil), lossless=fmt != "JPEG", label=label)
+            grey = np.asarray(pil)
+            _refuse_photograph(grey, label)
+            return _threshold(grey, lossless=fmt != "JPEG", label=label)
 
         if pil.mode in ("P", "PA"):
             has_alpha = pil.mode == "PA" or "transparency" in pil.info
@@ -324,6 +332,7 @@ def read_mask(source: Source, name: str | None = None) -> NDArray[np.bool_]:
         else:
             rgba = np.asarray(pil.convert("RGB"))
 
+    _refuse_photograph(rgba[..., :3], label)
     grey = rgba[..., :3].max(axis=2)
     if rgba.shape[2] == 4:
         alpha = rgba[..., 3]
@@ -334,6 +343,30 @@ def read_mask(source: Source, name: str | None = None) -> NDArray[np.bool_]:
         return (grey >= 128) & (alpha >= 128)
 
     return _threshold(grey, lossless=False, label=label)
+
+
+#: Share of mid-grey pixels above which a "mask" is a photograph (read_mask rule 6).
+PHOTO_MID_GREY = 0.5
+
+
+def _refuse_photograph(pixels: NDArray[np.uint8], label: str) -> None:
+    """Raise `LoadError` when most of an 8-bit mask's pixels hold a mid-tone.
+
+    ``pixels`` is (H, W) grey or (H, W, 3) colour; a colour pixel is mid-toned
+    when any channel is (a fundus photograph's red often saturates, its green
+    does not).
+    """
+    step = max(1, int(np.ceil(np.sqrt(pixels.shape[0] * pixels.shape[1] / 1e6))))
+    small = pixels[::step, ::step]
+    mid = (small > 32) & (small < 223)
+    share = float(np.mean(mid if mid.ndim == 2 else mid.any(axis=2)))
+    if share > PHOTO_MID_GREY:
+        raise _load_error(
+            f"{label!r} looks like a photograph, not a mask: {share:.0%} of its "
+            "pixels are mid-grey, where a mask is black and white but for its "
+            "edges; give the vessel or FOV mask file in its place",
+            "not_a_mask",
+        )
 
 
 def sniff(head: bytes) -> str | None:
