@@ -167,8 +167,8 @@ def session_id() -> str:
         else:
             st.session_state[SESSION_ID] = memory.new_id()
     sid = st.session_state[SESSION_ID]
-    if st.query_params.get(SESSION_PARAM) != sid:
-        st.query_params[SESSION_PARAM] = sid
+    if st.query_params.get_all(SESSION_PARAM) != [sid]:
+        st.query_params[SESSION_PARAM] = sid  # one value, this session's
     return sid
 
 
@@ -538,12 +538,13 @@ def sidebar() -> None:
             n_test = len(split_cases(loaded, "test"))
             no_mask = len(loaded) - len(with_masks(loaded))
             st.markdown(
-                f"**{st.session_state.get(DATASET, '')}**: {len(loaded)} cases  \n"
+                f"**{st.session_state.get(DATASET, '')}**: "
+                f"{plural(len(loaded), 'case')}  \n"
                 f"{n_train} train / {n_test} test"
                 + (f"  \n{no_mask} without a vessel mask" if no_mask else "")
             )
             choice = sampling_choice()
-            st.caption(f"Undersampling: {choice['strategy']}")
+            st.caption(f"Undersampling: {choice['strategy'].replace('_', ' ')}")
         else:
             st.markdown("Nothing yet.")
         st.subheader("Models")

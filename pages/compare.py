@@ -29,12 +29,18 @@ scorable = with_masks(loaded)
 default_cases = [c.id for c in with_masks(split_cases(loaded, "test"))] or [
     c.id for c in scorable
 ]
+default_models = list(refs)[:4]
+kept = st.session_state.get(RESULT)
+if kept is not None:  # after a reload the pickers start from the kept comparison
+    default_models = [m for m in kept["models"] if m in refs] or default_models
+    ids = {c.id for c in scorable}
+    default_cases = [i for i in kept["cases"] if i in ids] or default_cases
 left, right = st.columns(2)
 with left:
     chosen_models = st.multiselect(
         "Models",
         list(refs),
-        default=list(refs)[:4],
+        default=default_models,
         key="cmp_models",
         persist_state=_ui.KEEP,
     )

@@ -664,3 +664,30 @@ def test_an_address_with_an_unknown_session_starts_afresh(sample):
         assert again.session_state["session_id"] not in (made_up, "")
         assert again.query_params["session"] == again.session_state["session_id"]
         assert "Nothing yet." in texts(again.sidebar.markdown)
+
+
+def test_compare_page_pickers_start_from_the_kept_comparison(
+    sample, sample_models, monkeypatch
+):
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
+    at = app("pages/compare.py", cases=sample, dataset="built-in sample")
+    at.multiselect(key="cmp_models").set_value(["knn-sample (knn, saved)"])
+    at.multiselect(key="cmp_cases").set_value(["synth-01", "synth-04"])
+    at.button(key="cmp_run").click().run()
+    kept = at.session_state["compare_result"]
+
+    # a reload brings the result back, but not the pickers' own state
+    again = app("pages/compare.py", cases=sample, compare_result=kept)
+    assert again.multiselect(key="cmp_models").value == ["knn-sample (knn, saved)"]
+    assert again.multiselect(key="cmp_cases").value == ["synth-01", "synth-04"]
+    assert "earlier choice" not in texts(again.warning)
+    assert list(again.table[0].value.index) == ["knn-sample", "all background"]
+
+
+def test_an_address_naming_the_session_twice_keeps_it_once(sample):
+    at = app(cases=sample, dataset="built-in sample")
+    sid = at.session_state["session_id"]
+    again = reloaded(at, session=["garbage", sid])
+    assert again.session_state["session_id"] == sid
+    assert again.query_params["session"] == sid
+    assert "5 cases" in texts(again.sidebar.markdown)
