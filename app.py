@@ -8,7 +8,7 @@ from pages import _ui
 
 st.set_page_config(
     page_title="Retinal vessel extraction",
-    page_icon=":material/visibility:",
+    page_icon="👁️",  # an emoji: a :material: favicon is fetched from Google's servers
     layout="wide",
 )
 
