@@ -25,8 +25,10 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DEVICE_DIR="$ROOT/.device"
-KEEP=/tmp/keep
+# what travels, and where the GPU machine keeps what the first call cannot return
+# (both overridable, for tests/test_gpu_full.py)
+DEVICE_DIR="${GPU_FULL_DEVICE_DIR:-$ROOT/.device}"
+KEEP="${GPU_FULL_KEEP:-/tmp/keep}"
 PIECE=15M
 # fastai and what it imports that the GPU machine's image does not hold
 WHEELS=(fastai fastcore fastdownload fastprogress fasttransform plum-dispatch

@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +83,89 @@ def test_an_unknown_step_prints_the_usage():
     result = run("bogus")
     assert result.returncode == 2
     assert "prepare|train|rest|assemble" in result.stderr
+
+
+def write_drive_like(folder: Path) -> None:
+    """A tiny dataset in DRIVE's layout: 3 training and 2 test cases."""
+    from PIL import Image
+    from synthetic import line_case
+
+    for i, (split, number) in enumerate(
+        [("training", 21), ("training", 22), ("training", 23), ("test", 1), ("test", 2)]
+    ):
+        case = line_case(str(number), angle=0.4 * i, offset=3.0 * i, seed=i, size=96)
+        name = f"{number:02d}_{split if split == 'test' else 'training'}"
+        for sub in ("images", "1st_manual", "mask"):
+            (folder / split / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(case.image).save(folder / split / "images" / f"{name}.tif")
+        vessel = Image.fromarray(case.vessel_mask.astype(np.uint8) * 255)
+        vessel.save(folder / split / "1st_manual" / f"{number:02d}_manual1.gif")
+        fov = Image.fromarray(case.fov_mask.astype(np.uint8) * 255)
+        fov.save(folder / split / "mask" / f"{name}_mask.gif")
+
+
+@pytest.mark.slow
+def test_the_train_rest_and_assemble_steps_bring_back_a_model_that_loads(tmp_path):
+    """The GPU machine's two calls, run here on the CPU with tiny settings."""
+    import sys
+
+    device_dir, keep = tmp_path / "device", tmp_path / "keep"
+    (device_dir / "wheels").mkdir(parents=True)
+    write_drive_like(device_dir / "DRIVE")
+    bin_dir = tmp_path / "bin"  # stand-ins for the GPU machine's programs
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(
+        "#!/bin/bash\n"
+        '[[ "$1 $2" == "-m pip" ]] && exit 0  # the packages are here already\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    (bin_dir / "nvidia-smi").write_text("#!/bin/bash\necho 'GPU 0: (a test)'\n")
+    for program in bin_dir.iterdir():
+        program.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "GPU_FULL_DEVICE_DIR": str(device_dir),
+        "GPU_FULL_KEEP": str(keep),
+    }
+    tiny = "device=cpu crop_size=32 batch_size=4 epochs=1 crops_per_epoch=8"
+    tiny += " val_cases=1 tile_size=64 tile_overlap=16"
+    first, second = tmp_path / "out1", tmp_path / "out2"
+    first.mkdir()
+    second.mkdir()
+    sets = [arg for pair in tiny.split() for arg in ("--set", pair)]
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "train", *sets],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env, "OUT": str(first)},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    returned = sorted(p.name for p in first.iterdir())
+    assert returned == [
+        "SHA256SUMS",
+        "int8_ranges.pt",
+        "model.json",
+        "train.log",
+        "weights.pt.part00",
+        "weights.pt.part01",
+        "weights.pt.part02",
+    ]
+    assert sum(p.stat().st_size for p in first.iterdir()) < 64 * 2**20
+    assert "DRIVE test" in (first / "train.log").read_text()
+
+    result = run("rest", env={**env, "OUT": str(second)})
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in second.iterdir())[0] == "weights.pt.part03"
+
+    target = tmp_path / "models" / "resnet34-full"
+    result = run("assemble", str(first), str(second), str(target))
+    assert result.returncode == 0, result.stderr
+
+    from vessel_core import store
+    from vessel_core.io import discover
+
+    model = store.load_model(target)
+    case = discover(device_dir / "DRIVE").cases[-1]
+    assert model.predict_proba(case).shape == case.shape
