@@ -162,8 +162,11 @@ def classic(train, test):
     return "Classic filters (baseline)", out
 
 
-def resnet(train, test, model_dir: Path | None = None):
-    """The ResNet34 U-Net: a saved model folder if given, else a quick-preset fit."""
+def resnet(train, test, model_dir: Path | None = None, flips=(1,)):
+    """The ResNet34 U-Net: a saved model folder if given, else a quick-preset fit.
+
+    One row per number of mirrored copies averaged (``flips``), same network.
+    """
     if model_dir is not None:
         model = store.load_model(model_dir)
         how = f"saved model {model_dir.name}"
@@ -172,13 +175,18 @@ def resnet(train, test, model_dir: Path | None = None):
         started = time.perf_counter()
         model.fit(train)
         how = f"quick preset trained here in {time.perf_counter() - started:.0f} s"
-    out = score_model(model, test, "resnet34")
     meta = model.meta
-    out["notes"] = (
-        f"{how}; {meta.get('epochs_run')} epochs, "
-        f"{'ImageNet' if meta.get('pretrained') else 'random'} start"
-    )
-    return f"ResNet34 U-Net ({meta['settings']['preset']})", out
+    rows = []
+    for n in flips:
+        model.settings["flips"] = n
+        out = score_model(model, test, "resnet34")
+        out["notes"] = (
+            f"{how}; {meta.get('epochs_run')} epochs, "
+            f"{'ImageNet' if meta.get('pretrained') else 'random'} start"
+        )
+        name = f"ResNet34 U-Net ({meta['settings']['preset']})"
+        rows.append((name + (f", {n} flips averaged" if n > 1 else ""), out))
+    return rows
 
 
 def second_observer(train, test, drive: Path):
@@ -238,6 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="score this saved ResNet model folder instead of training the quick "
         "preset (about 15 minutes) for the 'resnet' row",
     )
+    parser.add_argument(
+        "--resnet-flips",
+        type=int,
+        nargs="+",
+        choices=[1, 2, 4],
+        default=[1],
+        help="for the 'resnet' row: mirrored copies averaged (one row each)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -253,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in args.rows:
         started = time.perf_counter()
         if key == "resnet":
-            result = resnet(train, test, args.resnet_model)
+            result = resnet(train, test, args.resnet_model, args.resnet_flips)
         elif key == "observer":
             result = second_observer(train, test, args.drive)
         else:

@@ -435,6 +435,27 @@ def _box_logits(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(vessel), vessel], dim=1)
 
 
+def test_flips_average_the_maps_of_the_mirrored_images(trained, cases):
+    model, _ = trained
+    case = cases[0]
+    plain = _twin(model).predict_proba(case)
+    mirrored = Case("m", case.image[:, ::-1].copy(), case.fov_mask[:, ::-1].copy())
+    mirror_map = _twin(model).predict_proba(mirrored)[:, ::-1]
+    two = _twin(model, flips=2).predict_proba(case)
+    np.testing.assert_allclose(two, (plain + mirror_map) / 2, atol=1e-6)
+    four = _twin(model, flips=4).predict_proba(case)
+    assert four.shape == case.shape and four.dtype == np.float32
+    assert not np.allclose(four, plain)
+    assert np.all(four[~case.fov_mask] == 0)
+
+
+def test_flips_must_be_1_2_or_4_and_do_not_change_a_checkpoint(cases):
+    with pytest.raises(ValueError, match="flips"):
+        ResNetUNet(flips=3)
+    first = ResNetUNet(**TINY)._identity(cases[:2], cases[2:])
+    assert first == ResNetUNet(**TINY, flips=4)._identity(cases[:2], cases[2:])
+
+
 def test_tiles_blend_without_seams_on_a_constant_image():
     x = np.full((200, 170, 3), 0.7, np.float32)
     shapes = []
