@@ -151,10 +151,7 @@ if note is not None:
 
 
 def _name(case: Case, role: str) -> str:
-    source = case.sources.get(role, "")
-    for prefix in ("upload:", "zip:", "builtin:"):
-        source = source.removeprefix(prefix)
-    return source.rsplit("/", 1)[-1]
+    return io.source_name(case.sources.get(role, "")).rsplit("/", 1)[-1]
 
 
 def _table(cases: list[Case]) -> pd.DataFrame:

@@ -493,7 +493,10 @@ def test_data_page_warns_of_refused_files_and_forgets_them_on_the_next_load(
     at.file_uploader(key="upload_files").set_value([truncated, *refused]).run()
     at.button(key="load_uploads").click().run()
     error = texts(at.error)
-    assert "Loading 4 uploaded file(s) failed: 4 file(s) could not be used" in error
+    assert (
+        "Loading 4 uploaded file(s) failed: nothing was loaded, because of 4 problems"
+        in error
+    )
     assert error.count("uploaded file(s)") == 1, error
     assert len(at.session_state["cases"]) == 2
     assert "not used" not in texts(at.subheader)

@@ -145,7 +145,9 @@ def test_unreadable_member_of_a_dataset_is_named_in_the_one_error(tmp_path):
     write(tmp_path / "images" / "a.png", encode(fundus()))
     write(tmp_path / "images" / "b.png", encode(fundus())[:60])
     write(tmp_path / "masks" / "a.png", encode(vessel()))
-    with pytest.raises(LoadError, match=r"1 file\(s\) could not be used") as info:
+    with pytest.raises(
+        LoadError, match=r"nothing was loaded, because of 1 problem:"
+    ) as info:
         discover(tmp_path)
     assert "images/b.png" in str(info.value)
     assert "copy or export it again" in str(info.value)
@@ -439,7 +441,7 @@ def test_zip_member_unpacking_far_past_its_size_is_refused(tmp_path):
     with pytest.raises(LoadError) as info:
         discover(archive)
     message = str(info.value)
-    assert message.startswith(f"'zip:{archive}/z.bmp': unpacks to 65 MiB")
+    assert message.startswith(f"'{archive}/z.bmp': unpacks to 65 MiB")
     assert "past the 100x allowed above 64 MiB (io.MAX_UNPACK_RATIO)" in message
     assert "decompression bomb" in message and ends_with_fix(message, "bomb")
 
@@ -530,6 +532,16 @@ def test_display_name_strips_folders_prefixes_and_control_characters():
     long = "x" * 300 + ".png"
     shown = display_name(long)
     assert len(shown) == 120 and shown.endswith("x.png") and "\u2026" in shown
+
+
+def test_source_name_drops_only_the_prefix():
+    assert vio.source_name("upload:training/images/a.png") == "training/images/a.png"
+    assert (
+        vio.source_name("zip:DRIVE.zip/test/mask/01.gif")
+        == "DRIVE.zip/test/mask/01.gif"
+    )
+    assert vio.source_name("builtin:skimage.data.retina()") == "skimage.data.retina()"
+    assert vio.source_name("/data/upload:x.png") == "/data/upload:x.png"
 
 
 def test_html_name_survives_as_text_through_discovery(tmp_path):
@@ -908,6 +920,8 @@ def test_one_bad_upload_does_not_hide_the_others():
     with pytest.raises(vio.LoadError) as err:
         vio.load_files(files)
     message = str(err.value)
-    assert "3 file(s) could not be used" in message
+    # three problems (the mismatch names an image and its mask), four files
+    assert "nothing was loaded, because of 3 problems:" in message
     for name in ("empty.png", "case1_manual.png", "trunc.png"):
         assert name in message
+    assert "upload:" not in message  # named as the user named them

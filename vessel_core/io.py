@@ -122,11 +122,7 @@ def display_name(name: str, max_length: int = 120) -> str:
     The result is still plain text: HTML or Markdown in it (``<img src=x>``) is
     kept as it is. Show it with ``st.text``, or escape it, never as HTML.
     """
-    text = str(name)
-    for prefix in ("upload:", "zip:"):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-            break
+    text = source_name(str(name))
     parts = [part for part in re.split(r"[\\/]", text) if part]
     text = parts[-1] if parts else ""
     text = "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE)
@@ -136,6 +132,21 @@ def display_name(name: str, max_length: int = 120) -> str:
         text = text[:head] + "\u2026" + text[len(text) - (max_length - 1 - head) :]
     return text or "(no name)"
 
+
+def source_name(source: str) -> str:
+    """A ``Case.sources`` entry as messages name it: its path, without the prefix.
+
+    ``"upload:training/images/21_training.tif"`` becomes
+    ``"training/images/21_training.tif"``, ``"zip:DRIVE.zip/test/mask/01.gif"``
+    becomes ``"DRIVE.zip/test/mask/01.gif"``; a server path stays as it is.
+    """
+    for prefix in _SOURCE_PREFIXES:
+        if source.startswith(prefix):
+            return source[len(prefix) :]
+    return source
+
+
+_SOURCE_PREFIXES = ("upload:", "zip:", "builtin:")
 
 # control, format (bidi overrides, zero-width), line and paragraph separators,
 # private use and lone surrogates
@@ -742,6 +753,11 @@ class _Entry:
     read: Callable[[], bytes]
     head: bytes = b""  # the first bytes, gzip-decompressed
 
+    @property
+    def shown(self) -> str:
+        """The label as messages name the file (`source_name`)."""
+        return source_name(self.label)
+
 
 def _head_of(data: bytes) -> bytes:
     """The first bytes of the (gzip-decompressed) content."""
@@ -814,9 +830,7 @@ def _zip_entries(data: bytes | Path, archive: str, prefix: str = "") -> list[_En
         infos = [info for info in zf.infolist() if not info.is_dir()]
         names = [_check_member_name(info.filename, archive) for info in infos]
         for info, posix in zip(infos, names, strict=True):
-            _check_unpacked(
-                f"zip:{archive}/{posix}", info.compress_size, info.file_size
-            )
+            _check_unpacked(f"{archive}/{posix}", info.compress_size, info.file_size)
         _check_unpacked(archive, packed_total, sum(i.file_size for i in infos))
 
         entries = []
@@ -1080,14 +1094,20 @@ class _Problems:
     def raise_if_any(self, where: str, unpaired: list[Unpaired] = ()) -> None:
         if self.messages:
             # the files refused for other reasons are told at the same time
-            refused = [f"{u.path}: {u.reason}" for u in unpaired if u.role == "other"]
-            shown = "\n  - ".join((self.messages + refused)[:20])
-            more = len(self.messages) + len(refused) - 20
-            tail = f"\n  ... and {more} more" if more > 0 else ""
+            refused = [
+                f"{source_name(u.path)}: {u.reason}"
+                for u in unpaired
+                if u.role == "other"
+            ]
+            problems = self.messages + refused
+            shown = "\n  - ".join(problems[:20])
+            tail = (
+                f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            )
+            # problems, not files: a size mismatch names an image and its mask
+            count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
             raise LoadError(
-                f"{where}: {len(self.messages) + len(refused)} file(s) could not "
-                "be used:\n"
-                f"  - {shown}{tail}"
+                f"{where}: nothing was loaded, because of {count}:\n  - {shown}{tail}"
             )
 
 
@@ -1176,7 +1196,7 @@ def _build_case(
         binary = []
         for i, (entry, _) in enumerate(images):
             try:
-                rgb = read_image(entry.read(), entry.label)
+                rgb = read_image(entry.read(), entry.shown)
             except LoadError as exc:
                 problems.add(exc)
                 return None
@@ -1189,7 +1209,7 @@ def _build_case(
             group = {**group, "image": images, "vessel_mask": [mask_item]}
 
     everything = [item for items in group.values() for item in items]
-    labels = ", ".join(sorted(e.label for e, _ in images))
+    labels = ", ".join(sorted(e.shown for e, _ in images))
     if not images:
         for entry, named in everything:
             reason = f"no image with case id {named.case_id!r}"
@@ -1210,7 +1230,7 @@ def _build_case(
     try:
         image = read_cache.get(image_entry.label)
         if image is None:
-            image = read_image(image_entry.read(), image_entry.label)
+            image = read_image(image_entry.read(), image_entry.shown)
     except LoadError as exc:
         problems.add(exc)
         return None
@@ -1224,7 +1244,7 @@ def _build_case(
         for entry, named in everything:
             why = reason
             if entry is not image_entry:
-                why = f"its image {image_entry.label!r} looks like a mask; not used"
+                why = f"its image {image_entry.shown!r} looks like a mask; not used"
             unpaired.append(Unpaired(entry.label, named.role, why))
         return None
 
@@ -1235,7 +1255,7 @@ def _build_case(
         if len(items) == 1:
             chosen[role] = items[0][0]
         elif len(items) > 1:
-            names = ", ".join(sorted(e.label for e, _ in items))
+            names = ", ".join(sorted(e.shown for e, _ in items))
             for entry, _ in items:
                 unpaired.append(
                     Unpaired(
@@ -1250,7 +1270,7 @@ def _build_case(
     if chosen["vessel_mask"] is None and chosen["second_observer"] is not None:
         warnings.warn(
             f"case {image_named.case_id!r}: no first observer's mask, using "
-            f"{chosen['second_observer'].label!r} as the vessel mask",
+            f"{chosen['second_observer'].shown!r} as the vessel mask",
             stacklevel=5,  # _build_case, _build, _discover_entries, discover
         )
         chosen["vessel_mask"] = chosen["second_observer"]
@@ -1268,7 +1288,7 @@ def _build_case(
 
     try:
         masks = {
-            role: read_mask(entry.read(), entry.label)
+            role: read_mask(entry.read(), entry.shown)
             for role, entry in chosen.items()
             if entry is not None
         }
@@ -1281,9 +1301,9 @@ def _build_case(
         if mask.shape != (height, width):
             problems.add(
                 _load_error(
-                    f"size mismatch: image {image_entry.label!r} is {width}x{height} "
+                    f"size mismatch: image {image_entry.shown!r} is {width}x{height} "
                     f"(width x height) but {role.replace('_', ' ')} "
-                    f"{chosen[role].label!r} is {mask.shape[1]}x{mask.shape[0]}",
+                    f"{chosen[role].shown!r} is {mask.shape[1]}x{mask.shape[0]}",
                     "size",
                 )
             )
@@ -1292,7 +1312,7 @@ def _build_case(
     fov = masks.get("fov_mask")
     if fov is not None and not fov.any():
         warnings.warn(
-            f"FOV mask {chosen['fov_mask'].label!r} is empty (no pixel inside the "
+            f"FOV mask {chosen['fov_mask'].shown!r} is empty (no pixel inside the "
             "field of view): it was ignored and the FOV estimated from the image",
             stacklevel=5,  # _build_case, _build, _discover_entries, discover
         )
@@ -1302,7 +1322,7 @@ def _build_case(
         fov = estimate_fov(image)
     for role in ("vessel_mask", "second_observer"):
         if role in masks:
-            message = _vessel_mask_warning(masks[role], fov, chosen[role].label)
+            message = _vessel_mask_warning(masks[role], fov, chosen[role].shown)
             if message:
                 warnings.warn(message, stacklevel=5)  # as above
     vessel = masks.get("vessel_mask")
