@@ -60,8 +60,25 @@ SESSION_ID = "session_id"
 KEEP = "session"
 #: The page address's query parameter holding the session id (so a reload keeps it).
 SESSION_PARAM = "session"
-#: What a reload gets back: the loaded data, the undersampling, the last comparison.
+#: What a reload gets back: the loaded data, the undersampling, the last comparison
+#: and the values of the settings widgets (`kept`).
 KEPT = (CASES, DATASET, UNPAIRED, LOAD_COUNT, SAMPLING, COMPARE_RESULT)
+WIDGETS = "widget_values"
+
+# keys of the settings widgets drawn so far in this server (the same for every
+# session: the pages name them); see `kept`
+_kept_widgets: set[str] = set()
+
+
+def kept(key: str) -> str:
+    """``key``, noted as a settings widget's: a reload gets its value back.
+
+    Pages pass it for every widget drawn with ``persist_state=KEEP`` (choices,
+    sliders, numbers, text), never for buttons, uploads or editors, whose values
+    Streamlit does not let a script set.
+    """
+    _kept_widgets.add(key)
+    return key
 
 
 # ---------------------------------------------------------------------------------
@@ -147,20 +164,20 @@ def session_id() -> str:
     """This browser session's id (owner of its jobs), also in the page's address.
 
     A new session whose address names an id this server gave out (a reload, or
-    the same address in another tab) takes it over, with its jobs and what it had
-    loaded (`KEPT`).
+    the same address in another tab) takes it over, with its jobs, what it had
+    loaded (`KEPT`) and its settings widgets' values (`kept`).
     """
     if SESSION_ID not in st.session_state:
         memory = _memory()
         asked = st.query_params.get(SESSION_PARAM)
         if memory.known(asked):
-            kept = memory.recall(asked)
-            for key, value in kept.items():
+            back = memory.recall(asked)
+            for key, value in {**back.pop(WIDGETS, {}), **back}.items():
                 st.session_state[key] = value
             st.session_state[SESSION_ID] = asked
-            if kept.get(CASES):
+            if back.get(CASES):
                 st.toast(
-                    f"Welcome back: {len(kept[CASES])} loaded cases and this "
+                    f"Welcome back: {len(back[CASES])} loaded cases and this "
                     "session's models were kept.",
                     icon=":material/restore:",
                 )
@@ -178,6 +195,9 @@ def remember_session() -> None:
     if sid is None:
         return
     held = {k: st.session_state[k] for k in KEPT if k in st.session_state}
+    held[WIDGETS] = {
+        k: st.session_state[k] for k in sorted(_kept_widgets) if k in st.session_state
+    }
     _memory().remember(sid, held)
     _memory().forget_keys(sid, [k for k in KEPT if k not in held])
 
@@ -616,14 +636,16 @@ def _one_setting(label, key, default, allowed, hint, tip):
     if default is None:
         return _optional_setting(label, key, allowed, hint, tip)
     if isinstance(default, bool):
-        return st.checkbox(label, value=default, key=key, persist_state=KEEP, help=tip)
+        return st.checkbox(
+            label, value=default, key=kept(key), persist_state=KEEP, help=tip
+        )
     if isinstance(default, list | tuple):
         if allowed is not None and not is_range:
             return st.multiselect(
                 label,
                 list(allowed),
                 default=list(default),
-                key=key,
+                key=kept(key),
                 persist_state=KEEP,
                 help=tip,
             )
@@ -634,7 +656,7 @@ def _one_setting(label, key, default, allowed, hint, tip):
                 low,
                 high,
                 (default[0], default[1]),
-                key=key,
+                key=kept(key),
                 persist_state=KEEP,
                 help=tip,
             )
@@ -642,7 +664,7 @@ def _one_setting(label, key, default, allowed, hint, tip):
         text = st.text_input(
             label,
             ", ".join(str(v) for v in default),
-            key=key,
+            key=kept(key),
             persist_state=KEEP,
             help=tip,
         )
@@ -654,7 +676,7 @@ def _one_setting(label, key, default, allowed, hint, tip):
             label,
             options,
             index=index,
-            key=key,
+            key=kept(key),
             persist_state=KEEP,
             help=tip,
             format_func=str,
@@ -668,7 +690,7 @@ def _one_setting(label, key, default, allowed, hint, tip):
                 max_value=high,
                 value=default,
                 step=1,
-                key=key,
+                key=kept(key),
                 persist_state=KEEP,
                 help=tip,
             )
@@ -681,13 +703,15 @@ def _one_setting(label, key, default, allowed, hint, tip):
                 min_value=low,
                 max_value=high,
                 value=default,
-                key=key,
+                key=kept(key),
                 persist_state=KEEP,
                 help=tip,
                 format="%g",
             )
         )
-    return st.text_input(label, str(default), key=key, persist_state=KEEP, help=tip)
+    return st.text_input(
+        label, str(default), key=kept(key), persist_state=KEEP, help=tip
+    )
 
 
 def _optional_setting(label, key, allowed, hint, tip):
@@ -697,7 +721,7 @@ def _optional_setting(label, key, allowed, hint, tip):
         return st.selectbox(
             label,
             [None, *allowed],
-            key=key,
+            key=kept(key),
             persist_state=KEEP,
             help=tip,
             format_func=lambda v: placeholder or "default" if v is None else str(v),
@@ -706,7 +730,7 @@ def _optional_setting(label, key, allowed, hint, tip):
         return st.selectbox(
             label,
             [None, True, False],
-            key=key,
+            key=kept(key),
             persist_state=KEEP,
             help=tip,
             format_func=lambda v: placeholder or "default" if v is None else str(v),
@@ -717,7 +741,7 @@ def _optional_setting(label, key, allowed, hint, tip):
             min_value=0,
             value=None,
             step=1,
-            key=key,
+            key=kept(key),
             persist_state=KEEP,
             help=tip,
             placeholder=placeholder,
@@ -728,7 +752,7 @@ def _optional_setting(label, key, allowed, hint, tip):
             label,
             min_value=0.0,
             value=None,
-            key=key,
+            key=kept(key),
             persist_state=KEEP,
             help=tip,
             format="%g",
@@ -736,7 +760,7 @@ def _optional_setting(label, key, allowed, hint, tip):
         )
         return None if value is None else float(value)
     text = st.text_input(
-        label, "", key=key, persist_state=KEEP, help=tip, placeholder=placeholder
+        label, "", key=kept(key), persist_state=KEEP, help=tip, placeholder=placeholder
     )
     return _parse_scalar(text)
 

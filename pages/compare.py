@@ -41,7 +41,7 @@ with left:
         "Models",
         list(refs),
         default=default_models,
-        key="cmp_models",
+        key=_ui.kept("cmp_models"),
         persist_state=_ui.KEEP,
     )
 with right:
@@ -49,7 +49,7 @@ with right:
         "Test cases (with a vessel mask)",
         [c.id for c in scorable],
         default=default_cases,
-        key="cmp_cases",
+        key=_ui.kept("cmp_cases"),
         persist_state=_ui.KEEP,
     )
 run = st.button(
@@ -108,7 +108,7 @@ which = st.radio(
         "pooled": "pooled pixels of all cases",
     }.get,
     horizontal=True,
-    key="cmp_which",
+    key=_ui.kept("cmp_which"),
     persist_state=_ui.KEEP,
 )
 rows = compare.summary_rows(reports, which, result["seconds"])
@@ -170,7 +170,7 @@ with per_case:
     metric = st.selectbox(
         "Per-case figure",
         compare.TABLE_METRICS,
-        key="cmp_metric",
+        key=_ui.kept("cmp_metric"),
         persist_state=_ui.KEEP,
         format_func=lambda m: m.replace("_", " "),
     )

@@ -97,7 +97,7 @@ source = st.radio(
     "Where are the images?",
     SOURCES,
     horizontal=True,
-    key="data_source",
+    key=_ui.kept("data_source"),
     persist_state=_ui.KEEP,
 )
 
@@ -134,7 +134,7 @@ else:
         folder = st.text_input(
             "Folder or ZIP (relative to the data folder or the project folder)",
             "DRIVE",
-            key="server_folder",
+            key=_ui.kept("server_folder"),
             persist_state=_ui.KEEP,
         )
         pressed, note = _load_button("Open", "load_folder")

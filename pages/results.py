@@ -29,7 +29,7 @@ with left:
     case_id = st.selectbox(
         "Image",
         test_first,
-        key="res_case",
+        key=_ui.kept("res_case"),
         persist_state=_ui.KEEP,
         format_func=lambda cid: (
             f"{cid} ({by_id[cid].split}"
@@ -38,7 +38,9 @@ with left:
         ),
     )
 with right:
-    label = st.selectbox("Model", list(refs), key="res_model", persist_state=_ui.KEEP)
+    label = st.selectbox(
+        "Model", list(refs), key=_ui.kept("res_model"), persist_state=_ui.KEEP
+    )
 case, ref = by_id[case_id], refs[label]
 
 try:
@@ -72,7 +74,7 @@ threshold = slide.slider(
     own,
     0.001,
     format="%.3f",
-    key=threshold_key,
+    key=_ui.kept(threshold_key),
     persist_state=_ui.KEEP,
 )
 reset.button(

@@ -103,7 +103,7 @@ kind = st.radio(
     kinds,
     format_func=_ui.KIND_LABELS.get,
     horizontal=True,
-    key="train_kind",
+    key=_ui.kept("train_kind"),
     persist_state=_ui.KEEP,
 )
 try:
@@ -129,7 +129,10 @@ with st.form(f"train_form_{kind}", border=True, enter_to_submit=False):
     )
     dataset = st.session_state.get(_ui.DATASET, "data").replace(" ", "-")
     name = st.text_input(
-        "Save as", f"{kind}-{dataset}", key=f"train_name_{kind}", persist_state=_ui.KEEP
+        "Save as",
+        f"{kind}-{dataset}",
+        key=_ui.kept(f"train_name_{kind}"),
+        persist_state=_ui.KEEP,
     )
     choice = _ui.sampling_choice()
     st.caption(

@@ -38,7 +38,7 @@ with left:
         "Strategy",
         names,
         index=names.index(choice["strategy"]),
-        key="us_strategy",
+        key=_ui.kept("us_strategy"),
         persist_state=_ui.KEEP,
         format_func=lambda s: s.replace("_", " "),
     )
@@ -56,7 +56,7 @@ with left:
                 1.0,
                 float(value),
                 0.05,
-                key=key,
+                key=_ui.kept(key),
                 help=HELP.get(name),
                 persist_state=_ui.KEEP,
             )
@@ -68,7 +68,7 @@ with left:
                     None,
                     int(value),
                     1,
-                    key=key,
+                    key=_ui.kept(key),
                     help=HELP.get(name),
                     persist_state=_ui.KEEP,
                 )
@@ -81,7 +81,7 @@ with left:
                     None,
                     float(value),
                     0.5,
-                    key=key,
+                    key=_ui.kept(key),
                     help=HELP.get(name),
                     persist_state=_ui.KEEP,
                 )
@@ -92,7 +92,7 @@ with left:
             0,
             None,
             choice["seed"],
-            key="us_seed",
+            key=_ui.kept("us_seed"),
             persist_state=_ui.KEEP,
         )
     )
@@ -118,7 +118,9 @@ with right:
             "will not start it). Keep part of each class."
         )
     ids = list(selection.per_case)
-    case_id = st.selectbox("Image", ids, key="us_case", persist_state=_ui.KEEP)
+    case_id = st.selectbox(
+        "Image", ids, key=_ui.kept("us_case"), persist_state=_ui.KEEP
+    )
     case = next(c for c in train if c.id == case_id)
     st.image(
         sampling.overlay(case, selection.per_case[case_id]),

@@ -660,6 +660,29 @@ def test_a_reload_keeps_the_loaded_data_the_undersampling_and_the_jobs(
     assert [j.kind for j in jobs] == ["classic"]
 
 
+def test_a_reload_keeps_the_settings_widgets_values(sample, sample_models, monkeypatch):
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
+    # the pages note their settings widgets as they draw them
+    drawn = app("pages/results.py", cases=sample, dataset="built-in sample")
+    threshold_key = drawn.slider[0].key
+    drawn.switch_page("pages/undersampling.py").run()
+    # AppTest remembers on a session's first run only: the values are set up front
+    at = app(
+        cases=sample,
+        dataset="built-in sample",
+        res_case="synth-02",
+        **{threshold_key: 0.321, "us_seed": 7, "cmp_run": True},
+    )
+
+    again = reloaded(at, page="pages/results.py")
+    assert again.selectbox(key="res_case").value == "synth-02"
+    assert again.slider(key=threshold_key).value == pytest.approx(0.321)
+    assert "Reconstruction (threshold 0.321)" in texts(again.markdown)
+    again.switch_page("pages/undersampling.py").run()
+    assert again.number_input(key="us_seed").value == 7
+    assert "cmp_run" not in again.session_state  # a button's press is not kept
+
+
 def test_an_address_with_an_unknown_session_starts_afresh(sample):
     at = app(cases=sample, dataset="built-in sample")
     for made_up in ("0" * 32, "not an id", at.session_state["session_id"][::-1]):

@@ -194,6 +194,17 @@ def test_a_reload_keeps_the_session(server, browser, shots):
         go_to(page, "2. Undersampling")  # a page switch clears the address's query
         settle(page)
         assert f"session={sid.group(1)}" in page.url  # ... and the app puts it back
+        image_picker = page.locator('[data-testid="stSelectbox"]').filter(
+            has_text="Image"
+        )
+        shown = page.get_by_text(re.compile(r"^Case \S+: the pixels")).inner_text()
+        image_picker.click()
+        options = page.get_by_role("option")
+        options.first.wait_for()
+        other = next(t for t in options.all_inner_texts() if f"Case {t}:" not in shown)
+        page.get_by_role("option", name=other).click()
+        page.get_by_text(f"Case {other}:").wait_for()
+        settle(page)
         page.reload()
         page.get_by_text("Welcome back").wait_for()
         settle(page)
@@ -201,6 +212,7 @@ def test_a_reload_keeps_the_session(server, browser, shots):
         assert "built-in sample: 5 cases" in sidebar, sidebar
         assert page.locator(".js-plotly-plot").count() >= 1  # not "load data first"
         assert f"session={sid.group(1)}" in page.url
+        page.get_by_text(f"Case {other}:").wait_for()  # the widgets' values too
         shoot(page, shots, "2_undersampling_after_reload")
 
         # an address with a session this server never gave out starts afresh
