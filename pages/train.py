@@ -178,7 +178,8 @@ def _cv_chart(job: Job) -> None:
         marker=dict(size=9, opacity=0.5),
     )
     ks = sorted(by_k)
-    fig.update_xaxes(tickmode="array", tickvals=ks)
+    if len(ks) <= 16:  # every k labelled while they fit; else plotly's own ticks
+        fig.update_xaxes(tickmode="array", tickvals=ks)
     fig.add_scatter(
         x=ks,
         y=[sum(by_k[k]) / len(by_k[k]) for k in ks],
@@ -186,10 +187,17 @@ def _cv_chart(job: Job) -> None:
         name="mean over folds",
         line=dict(width=3),
     )
-    chosen = (job.model.meta if job.model is not None else {}).get("chosen_k")
+    meta = job.model.meta if job.model is not None else {}
+    chosen, best = meta.get("chosen_k"), meta.get("cv_best_k")
     if chosen is not None:
         fig.add_vline(x=chosen, line_dash="dot", annotation_text=f"chosen k = {chosen}")
     _ui.plot(fig, key=f"cv_{job.id}")
+    if chosen is not None and best is not None:
+        st.caption(
+            f"The best mean is at k = {best}; k = {chosen} is the smallest k within "
+            f"one standard error ({meta.get('cv_standard_error', 0):.4f}) of it: past "
+            "that, a larger k gains less than the folds disagree."
+        )
 
 
 def _batch_chart(job: Job) -> None:

@@ -158,7 +158,21 @@ def test_cv_callback_gets_every_k_and_fold():
     assert all(e.step == "cv" and 0 <= e.metrics["score"] <= 1 for e in events)
     assert events[-1].done == events[-1].total == 9
     assert choice.k in (1, 3, 5) and not choice.stopped
-    assert choice.mean_scores[choice.k] == max(choice.mean_scores.values())
+    assert choice.mean_scores[choice.best_k] == max(choice.mean_scores.values())
+
+
+def test_cv_takes_the_smallest_k_within_one_standard_error_of_the_best():
+    X, y, groups = blobs(3000)
+    ks = list(range(1, 80, 2))
+    choice = choose_k(X, y, groups, ks=ks, n_folds=5)
+    best = choice.best_k
+    folds = [r["score"] for r in choice.results if r["k"] == best]
+    se = np.std(folds, ddof=1) / np.sqrt(len(folds))
+    assert choice.standard_error == pytest.approx(se)
+    floor = choice.mean_scores[best] - se
+    assert choice.mean_scores[choice.k] >= floor
+    assert all(choice.mean_scores[k] < floor for k in ks if k < choice.k)
+    assert choice.k < best  # the curve levels off: the plateau's start, not its end
 
 
 def test_cv_stops_between_folds():
