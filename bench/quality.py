@@ -66,6 +66,18 @@ def score_model(model, test: Sequence[Case], name: str) -> dict[str, Any]:
     }
 
 
+def cv_summary(meta) -> str:
+    """The CV curve in a few figures: k=31 (the old edge), the best and chosen k."""
+    means = {int(k): v for k, v in meta["cv_mean_scores"].items()}
+    best, chosen = meta["cv_best_k"], meta["chosen_k"]
+    at31 = f"k=31 {means[31]:.4f}, " if 31 in means else ""
+    return (
+        f"CV mean AUC: {at31}best k={best} {means[best]:.4f} "
+        f"(standard error {meta['cv_standard_error']:.4f}), "
+        f"chosen k={chosen} {means[chosen]:.4f}"
+    )
+
+
 def knn_best(train, test):
     """The best KNN configuration found: the model's defaults.
 
@@ -86,7 +98,7 @@ def knn_best(train, test):
         f"{model.meta['n_train_samples']} + {context['n_train_samples']} samples, "
         f"screens answer {100 * model.meta['screen']['coverage']:.1f}% / "
         f"{100 * context['screen']['coverage']:.1f}% of pixels; "
-        f"fit {fit_seconds:.0f} s"
+        f"fit {fit_seconds:.0f} s; {cv_summary(model.meta)}"
     )
     return "KNN, best (defaults: two stages, per pixel)", out
 
@@ -102,7 +114,7 @@ def knn_one_stage(train, test):
         f"pixel value + 9 filters, k={model.meta['chosen_k']} by grouped CV, "
         f"{model.meta['n_train_samples']} samples, screen answers "
         f"{100 * model.meta['screen']['coverage']:.1f}% of pixels; "
-        f"fit {fit_seconds:.0f} s"
+        f"fit {fit_seconds:.0f} s; {cv_summary(model.meta)}"
     )
     return "KNN, one stage (context=False)", out
 
