@@ -58,23 +58,25 @@ def _hints(kind: str) -> dict:
     }
 
 
-def _training_pixels(kind: str, settings: dict, n_cases: int, strategy: str) -> str:
-    """What the model trains on, in words: the undersampling's part in it."""
+def _training_pixels(kind: str, defaults: dict, n_cases: int, strategy: str) -> str:
+    """What the model trains on, in words: the undersampling's part in it.
+
+    It names the settings, with their defaults, not the values in the form:
+    those reach the page only when the form is sent.
+    """
     chosen = f"the undersampling **{strategy.replace('_', ' ')}** (page 2)"
     if kind == "classic":
         return (
-            f"fits on its own sample of {settings['pixels_per_case']:,} pixels per "
-            "case, drawn uniformly in the FOV; it does not use the undersampling"
+            f"fits on its own sample of *pixels per case* (default "
+            f"{defaults['pixels_per_case']:,}) pixels per case, drawn uniformly in "
+            "the FOV; it does not use the undersampling"
         )
     if kind == "knn":
         return (
-            f"draws {settings['max_train_samples']:,} of the pixels kept by "
-            f"{chosen}, evenly from the {n_cases} cases (max train samples)"
-            + (
-                f", and {settings['context_samples']:,} more for the second stage"
-                if settings.get("context")
-                else ""
-            )
+            f"draws *max train samples* (default {defaults['max_train_samples']:,}) "
+            f"of the pixels kept by {chosen}, evenly from the {n_cases} cases, and, "
+            f"when *context* is on, *context samples* (default "
+            f"{defaults['context_samples']:,}) more for the second stage"
         )
     return f"centres part of its crops on the pixels kept by {chosen}"
 
@@ -134,11 +136,11 @@ with st.form(f"train_form_{kind}", border=True, enter_to_submit=False):
         key=_ui.kept(f"train_name_{kind}"),
         persist_state=_ui.KEEP,
     )
-    choice = _ui.sampling_choice()
+    strategy = _ui.sampling_choice()["strategy"]
     st.caption(
         f"Trains on {len(train)} cases ({', '.join(c.id for c in train[:8])}"
         f"{'...' if len(train) > 8 else ''}): it "
-        f"{_training_pixels(kind, settings, len(train), choice['strategy'])}."
+        f"{_training_pixels(kind, cls.default_settings(), len(train), strategy)}."
     )
     start = st.form_submit_button("Start training", type="primary", key="train_start")
 

@@ -526,11 +526,11 @@ def test_allowed_folder_takes_a_path_from_the_project_folder_too(tmp_path, monke
 def test_train_page_says_what_each_kind_trains_on(sample):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
     knn = texts(at.caption)
-    assert "draws 10,000 of the pixels kept by the undersampling" in knn
-    assert "10,000 more for the second stage" in knn
+    assert "draws *max train samples* (default 10,000) of the pixels kept by" in knn
+    assert "*context samples* (default 10,000) more for the second stage" in knn
     at.radio(key="train_kind").set_value("classic").run()
     classic = texts(at.caption)
-    assert "its own sample of 5,000 pixels per case" in classic
+    assert "its own sample of *pixels per case* (default 5,000) pixels" in classic
     assert "does not use the undersampling" in classic
     assert "kept by the undersampling" not in classic
 
