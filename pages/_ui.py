@@ -199,7 +199,6 @@ def remember_session() -> None:
         k: st.session_state[k] for k in sorted(_kept_widgets) if k in st.session_state
     }
     _memory().remember(sid, held)
-    _memory().forget_keys(sid, [k for k in KEPT if k not in held])
 
 
 def cases() -> list[Case]:

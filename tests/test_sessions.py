@@ -18,12 +18,15 @@ def test_a_session_gets_back_what_it_remembered():
     sid = memory.new_id()
     assert memory.known(sid) and memory.recall(sid) == {}
     cases = ["a", "b"]
-    memory.remember(sid, {"cases": cases, "dataset": "DRIVE"})
-    memory.remember(sid, {"dataset": "STARE"})
+    values = {"cases": cases, "dataset": "DRIVE"}
+    memory.remember(sid, values)
+    values["dataset"] = "changed after"  # the memory holds its own dict
     kept = memory.recall(sid)
-    assert kept == {"cases": ["a", "b"], "dataset": "STARE"}
+    assert kept == {"cases": ["a", "b"], "dataset": "DRIVE"}
     assert kept["cases"] is cases  # kept by reference: no copy of the images
-    memory.forget_keys(sid, ["cases"])
+    kept["extra"] = 1  # a recall is a copy too
+    # what the session no longer holds (cases dropped) is no longer kept
+    memory.remember(sid, {"dataset": "STARE"})
     assert memory.recall(sid) == {"dataset": "STARE"}
 
 

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 #: A session id as `SessionMemory.new_id` makes it.
@@ -58,17 +58,13 @@ class SessionMemory:
             return sid in self._values
 
     def remember(self, sid: str, values: dict[str, Any]) -> None:
-        """Keep ``values`` (replacing the keys given) for session ``sid``."""
-        with self._lock:
-            self._values.setdefault(sid, {}).update(values)
-            self._seen[sid] = self._clock()
+        """Keep ``values`` as all that session ``sid`` holds now (replacing the last).
 
-    def forget_keys(self, sid: str, keys: Iterable[str]) -> None:
-        """Drop ``keys`` of session ``sid`` (what it no longer holds)."""
+        The dict is copied, its values are not (images stay shared, not doubled).
+        """
         with self._lock:
-            held = self._values.get(sid, {})
-            for key in keys:
-                held.pop(key, None)
+            self._values[sid] = dict(values)
+            self._seen[sid] = self._clock()
 
     def recall(self, sid: str) -> dict[str, Any]:
         """A copy of what session ``sid`` kept ({} for an unknown one)."""
