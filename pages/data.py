@@ -208,7 +208,7 @@ if loaded:
         st.dataframe(
             pd.DataFrame(
                 {
-                    "file": [u.path for u in unpaired],
+                    "file": [io.source_name(u.path) for u in unpaired],
                     "looks like": [u.role.replace("_", " ") for u in unpaired],
                     "why": [u.reason for u in unpaired],
                 }

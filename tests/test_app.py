@@ -150,7 +150,7 @@ def test_data_page_pairs_uploaded_drive_files_and_lists_refused_ones(drive_uploa
     assert list(cases["id"]) == ["01", "21"]
     assert list(cases["size"]) == ["565 x 584", "565 x 584"]
     assert list(cases["FOV mask"]) == ["01_test_mask.gif", "21_training_mask.gif"]
-    assert list(refused["file"]) == ["upload:notes.txt"]
+    assert list(refused["file"]) == ["notes.txt"]  # as the user named it
     assert "not an image" in refused.loc[0, "why"]
 
 
@@ -494,7 +494,7 @@ def test_data_page_warns_of_refused_files_and_forgets_them_on_the_next_load(
     at.button(key="load_uploads").click().run()
     error = texts(at.error)
     assert (
-        "Loading 4 uploaded file(s) failed: nothing was loaded, because of 4 problems"
+        "Loading 4 uploaded file(s) failed: nothing was loaded, because of 1 problem:"
         in error
     )
     assert error.count("uploaded file(s)") == 1, error

@@ -920,8 +920,27 @@ def test_one_bad_upload_does_not_hide_the_others():
     with pytest.raises(vio.LoadError) as err:
         vio.load_files(files)
     message = str(err.value)
-    # three problems (the mismatch names an image and its mask), four files
-    assert "nothing was loaded, because of 3 problems:" in message
-    for name in ("empty.png", "case1_manual.png", "trunc.png"):
-        assert name in message
+    # two problems (the mismatch names an image and its mask), three files
+    problems, also = message.split(
+        "\nAlso not used (these alone would not stop a load):"
+    )
+    assert "nothing was loaded, because of 2 problems:" in problems
+    assert "case1_manual.png" in problems and "trunc.png" in problems
+    assert "empty.png" in also and "empty.png" not in problems
     assert "upload:" not in message  # named as the user named them
+
+
+def test_a_reader_error_shows_no_python_object():
+    """PIL's "cannot identify image file <_io.BytesIO object at 0x...>" is cut."""
+    image = np.full((64, 64, 3), 120, np.uint8)
+    data = encode(image, "TIFF")
+    with pytest.raises(LoadError) as err:
+        read_image(data[:40], name="eye.tif")
+    message = str(err.value)
+    assert "'eye.tif'" in message and "object at 0x" not in message, message
+    assert (
+        vio._reason(
+            OSError("cannot identify image file <_io.BytesIO object at 0x7f7c1a3bad40>")
+        )
+        == "cannot identify image file"
+    )

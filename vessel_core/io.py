@@ -499,7 +499,7 @@ def _gunzip(data: bytes, label: str) -> bytes:
             part = inflate.decompress(rest, limit - size + 1)
         except zlib.error as exc:
             raise _load_error(
-                f"{label!r}: truncated or corrupt gzip data ({exc})", "corrupt"
+                f"{label!r}: truncated or corrupt gzip data ({_reason(exc)})", "corrupt"
             ) from None
         size += len(part)
         _check_unpacked(label, len(data), size, more=True)
@@ -583,8 +583,16 @@ def _open(
     return pil, label, fmt, data if _is_16bit_colour(pil, fmt, data) else None
 
 
+def _reason(exc: BaseException) -> str:
+    """A reader's error in words, without object reprs (``<_io.BytesIO ...>``)."""
+    text = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return text or type(exc).__name__
+
+
 def _corrupt(label: str, fmt: str, exc: BaseException) -> LoadError:
-    return _load_error(f"{label!r}: truncated or corrupt {fmt} file ({exc})", "corrupt")
+    return _load_error(
+        f"{label!r}: truncated or corrupt {fmt} file ({_reason(exc)})", "corrupt"
+    )
 
 
 def _too_large(
@@ -823,7 +831,7 @@ def _zip_entries(data: bytes | Path, archive: str, prefix: str = "") -> list[_En
         packed_total = data.stat().st_size if isinstance(data, Path) else len(data)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise _load_error(
-            f"{archive!r}: not a readable ZIP archive ({exc})", "corrupt"
+            f"{archive!r}: not a readable ZIP archive ({_reason(exc)})", "corrupt"
         ) from None
 
     with zf:
@@ -841,12 +849,14 @@ def _zip_entries(data: bytes | Path, archive: str, prefix: str = "") -> list[_En
                 content = zf.read(info)
             except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as exc:
                 raise _load_error(
-                    f"{archive!r}: member {posix!r} is corrupt ({exc})", "corrupt"
+                    f"{archive!r}: member {posix!r} is corrupt ({_reason(exc)})",
+                    "corrupt",
                 ) from None
             except (RuntimeError, NotImplementedError) as exc:
                 # encrypted, or a compression method zipfile lacks (deflate64...)
                 raise _load_error(
-                    f"{archive!r}: member {posix!r} cannot be unpacked ({exc})",
+                    f"{archive!r}: member {posix!r} cannot be unpacked "
+                    f"({_reason(exc)})",
                     "unpack",
                 ) from None
             entries.append(
@@ -1093,22 +1103,27 @@ class _Problems:
 
     def raise_if_any(self, where: str, unpaired: list[Unpaired] = ()) -> None:
         if self.messages:
-            # the files refused for other reasons are told at the same time
+            shown = "\n  - ".join(self.messages[:20])
+            if len(self.messages) > 20:
+                shown += f"\n  ... and {len(self.messages) - 20} more"
+            # problems, not files: a size mismatch names an image and its mask
+            n = len(self.messages)
+            message = (
+                f"{where}: nothing was loaded, because of {n} problem"
+                f"{'s' if n > 1 else ''}:\n  - {shown}"
+            )
+            # the files left out for other reasons are told at the same time
             refused = [
                 f"{source_name(u.path)}: {u.reason}"
                 for u in unpaired
                 if u.role == "other"
             ]
-            problems = self.messages + refused
-            shown = "\n  - ".join(problems[:20])
-            tail = (
-                f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            )
-            # problems, not files: a size mismatch names an image and its mask
-            count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
-            raise LoadError(
-                f"{where}: nothing was loaded, because of {count}:\n  - {shown}{tail}"
-            )
+            if refused:
+                message += "\nAlso not used (these alone would not stop a load):"
+                message += "".join(f"\n  - {line}" for line in refused[:10])
+                if len(refused) > 10:
+                    message += f"\n  ... and {len(refused) - 10} more"
+            raise LoadError(message)
 
 
 def _build(entries: list[_Entry], where: str) -> Discovery:
@@ -1555,9 +1570,14 @@ def _discover_entries(entries: list[_Entry], where: str) -> Discovery:
         raise _load_error(f"{where}: no files found, expected fundus images", "nothing")
     found = _build(entries, where)
     if not found.cases:
-        reasons = "; ".join(f"{u.path}: {u.reason}" for u in found.unpaired[:5])
+        reasons = "; ".join(
+            f"{source_name(u.path)}: {u.reason}" for u in found.unpaired[:5]
+        )
+        if len(found.unpaired) > 5:
+            reasons += f"; and {len(found.unpaired) - 5} more"
         raise _load_error(
-            f"{where}: no case could be built from {len(entries)} file(s) ({reasons})",
+            f"{where}: no case could be built from the {len(entries)} file(s) found "
+            f"({reasons})",
             "nothing",
         )
     return found
