@@ -63,7 +63,8 @@ SESSION_PARAM = "session"
 #: What a reload gets back: the loaded data, the undersampling, the last comparison
 #: and the values of the settings widgets (`kept`).
 KEPT = (CASES, DATASET, UNPAIRED, LOAD_COUNT, SAMPLING, COMPARE_RESULT)
-WIDGETS = "widget_values"
+#: What this browser session last wrote to the session memory or read from it.
+SYNCED = "synced_with_memory"
 
 # keys of the settings widgets drawn so far in this server (the same for every
 # session: the pages name them); see `kept`
@@ -172,8 +173,9 @@ def session_id() -> str:
         asked = st.query_params.get(SESSION_PARAM)
         if memory.known(asked):
             back = memory.recall(asked)
-            for key, value in {**back.pop(WIDGETS, {}), **back}.items():
+            for key, value in back.items():
                 st.session_state[key] = value
+            st.session_state[SYNCED] = back
             st.session_state[SESSION_ID] = asked
             if back.get(CASES):
                 st.toast(
@@ -190,15 +192,18 @@ def session_id() -> str:
 
 
 def remember_session() -> None:
-    """Keep what this session holds (`KEPT`) on the server, for a reload."""
+    """Keep what this session holds (`KEPT`, `kept` widgets) on the server.
+
+    Only what this browser tab changed since it last wrote or read is written,
+    so another tab on the same session keeps its own changes.
+    """
     sid = st.session_state.get(SESSION_ID)
     if sid is None:
         return
-    held = {k: st.session_state[k] for k in KEPT if k in st.session_state}
-    held[WIDGETS] = {
-        k: st.session_state[k] for k in sorted(_kept_widgets) if k in st.session_state
-    }
-    _memory().remember(sid, held)
+    keys = [*KEPT, *sorted(_kept_widgets)]
+    held = {k: st.session_state[k] for k in keys if k in st.session_state}
+    _memory().remember(sid, held, st.session_state.get(SYNCED))
+    st.session_state[SYNCED] = held
 
 
 def cases() -> list[Case]:

@@ -180,6 +180,19 @@ def test_main_path_in_a_browser(page, shots):
     shoot(page, shots, "5_results")
 
 
+def pick_another_image(page) -> str:
+    """On Undersampling, choose an image other than the one shown; its id."""
+    shown = page.get_by_text(re.compile(r"^Case \S+: the pixels")).inner_text()
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Image").click()
+    options = page.get_by_role("option")
+    options.first.wait_for()
+    other = next(t for t in options.all_inner_texts() if f"Case {t}:" not in shown)
+    page.get_by_role("option", name=other).click()
+    page.get_by_text(f"Case {other}:").wait_for()
+    settle(page)
+    return other
+
+
 def test_a_reload_keeps_the_session(server, browser, shots):
     """A reload (or a page switch, then a reload) keeps what the session loaded."""
     page = new_page(browser, server)
@@ -194,17 +207,7 @@ def test_a_reload_keeps_the_session(server, browser, shots):
         go_to(page, "2. Undersampling")  # a page switch clears the address's query
         settle(page)
         assert f"session={sid.group(1)}" in page.url  # ... and the app puts it back
-        image_picker = page.locator('[data-testid="stSelectbox"]').filter(
-            has_text="Image"
-        )
-        shown = page.get_by_text(re.compile(r"^Case \S+: the pixels")).inner_text()
-        image_picker.click()
-        options = page.get_by_role("option")
-        options.first.wait_for()
-        other = next(t for t in options.all_inner_texts() if f"Case {t}:" not in shown)
-        page.get_by_role("option", name=other).click()
-        page.get_by_text(f"Case {other}:").wait_for()
-        settle(page)
+        other = pick_another_image(page)
         page.reload()
         page.get_by_text("Welcome back").wait_for()
         settle(page)
@@ -222,6 +225,34 @@ def test_a_reload_keeps_the_session(server, browser, shots):
         assert "session=" + "0" * 32 not in page.url
     finally:
         page.context.close()
+
+
+def test_two_tabs_on_one_session_each_keep_their_own_changes(server, browser):
+    tab_a = new_page(browser, server)
+    try:
+        go_to(tab_a, "1. Data")
+        tab_a.get_by_role("button", name="Load the built-in sample").click()
+        tab_a.get_by_text("Loaded 5 cases").wait_for()
+        go_to(tab_a, "2. Undersampling")
+        settle(tab_a)
+        tab_b = tab_a.context.new_page()  # the same address in a second tab
+        tab_b.set_default_timeout(60_000)
+        tab_b.goto(tab_a.url)
+        tab_b.get_by_text("Welcome back").wait_for()
+        settle(tab_b)
+
+        other = pick_another_image(tab_a)
+        tab_b.get_by_label("Random seed").fill("7")
+        tab_b.get_by_label("Random seed").press("Enter")
+        settle(tab_b)  # tab B ran last, but changed only the seed
+
+        tab_a.reload()
+        tab_a.get_by_text("Welcome back").wait_for()
+        settle(tab_a)
+        tab_a.get_by_text(f"Case {other}:").wait_for()
+        assert tab_a.get_by_label("Random seed").input_value() == "7"
+    finally:
+        tab_a.context.close()
 
 
 def test_a_first_visit_to_a_page_address_after_a_start_runs_the_whole_app(

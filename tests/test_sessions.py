@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from vessel_core.sessions import SessionMemory
 
 
@@ -25,9 +27,38 @@ def test_a_session_gets_back_what_it_remembered():
     assert kept == {"cases": ["a", "b"], "dataset": "DRIVE"}
     assert kept["cases"] is cases  # kept by reference: no copy of the images
     kept["extra"] = 1  # a recall is a copy too
-    # what the session no longer holds (cases dropped) is no longer kept
-    memory.remember(sid, {"dataset": "STARE"})
+    # what the tab no longer holds (cases dropped) is no longer kept
+    memory.remember(sid, {"dataset": "STARE"}, before=memory.recall(sid))
     assert memory.recall(sid) == {"dataset": "STARE"}
+
+
+def test_two_tabs_on_one_session_each_keep_their_own_changes():
+    memory = SessionMemory()
+    sid = memory.new_id()
+    images = [object()]  # not comparable as data: compared by identity
+    memory.remember(sid, {"cases": images, "seed": 7, "image": "01", "pick": ["a"]})
+    tab_a, tab_b = memory.recall(sid), memory.recall(sid)
+    now_a = {**tab_a, "seed": 11}
+    memory.remember(sid, now_a, before=tab_a)
+    # tab B changes the image only; its seed (7) and equal copies are not news
+    now_b = {**tab_b, "image": "02", "pick": ["a"], "cases": images}
+    memory.remember(sid, now_b, before=tab_b)
+    assert memory.recall(sid) == {
+        "cases": images,
+        "seed": 11,
+        "image": "02",
+        "pick": ["a"],
+    }
+    # the same setting changed in both: the later change wins
+    memory.remember(sid, {**now_b, "seed": 3}, before=now_b)
+    assert memory.recall(sid)["seed"] == 3
+    # a new load (other objects) is a change; arrays that == cannot settle count
+    # as changed, not as an error
+    other = [np.zeros(3)]
+    memory.remember(sid, {**now_a, "cases": other}, before=now_a)
+    assert memory.recall(sid)["cases"] is other
+    memory.remember(sid, {**now_a, "cases": [np.ones(3)]}, before={"cases": other})
+    assert memory.recall(sid)["cases"][0].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_only_ids_it_gave_out_are_known():

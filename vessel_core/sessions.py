@@ -57,13 +57,37 @@ class SessionMemory:
             self._forget_gone()
             return sid in self._values
 
-    def remember(self, sid: str, values: dict[str, Any]) -> None:
-        """Keep ``values`` as all that session ``sid`` holds now (replacing the last).
+    def remember(
+        self, sid: str, now: dict[str, Any], before: dict[str, Any] | None = None
+    ) -> None:
+        """Write what session ``sid`` changed, as one browser tab saw it.
 
-        The dict is copied, its values are not (images stay shared, not doubled).
+        Parameters
+        ----------
+        sid : str
+        now : dict
+            What the tab holds now.
+        before : dict, optional
+            What it held when it last remembered or recalled; None: nothing.
+            Only keys whose values differ from it are written, and keys it held
+            and no longer does are dropped, so two tabs on one session each keep
+            their own changes instead of the last one to run overwriting all.
+
+        Notes
+        -----
+        Values are kept by reference (images stay shared, not doubled). Lists,
+        dicts and plain values count as unchanged when equal; anything else
+        only when it is the same object.
         """
+        before = before or {}
+        changed = {
+            k: v for k, v in now.items() if k not in before or not _same(before[k], v)
+        }
         with self._lock:
-            self._values[sid] = dict(values)
+            held = self._values.setdefault(sid, {})
+            held.update(changed)
+            for key in before.keys() - now.keys():
+                held.pop(key, None)
             self._seen[sid] = self._clock()
 
     def recall(self, sid: str) -> dict[str, Any]:
@@ -84,3 +108,15 @@ class SessionMemory:
         for sid in [s for s, t in self._seen.items() if now - t > self.timeout]:
             del self._seen[sid]
             self._values.pop(sid, None)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a tab's value is unchanged: the same object, or equal plain data."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or not isinstance(a, str | int | float | list | dict):
+        return False
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError):  # arrays inside: compared element-wise
+        return False
