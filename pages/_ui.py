@@ -177,10 +177,15 @@ def session_id() -> str:
                 st.session_state[key] = value
             st.session_state[SYNCED] = back
             st.session_state[SESSION_ID] = asked
-            if back.get(CASES):
+            fits = len(job_manager().jobs(asked))
+            if back.get(CASES) or fits:
+                kept_what = []
+                if back.get(CASES):
+                    kept_what.append(plural(len(back[CASES]), "loaded case"))
+                if fits:
+                    kept_what.append(f"this session's {plural(fits, 'fit')}")
                 st.toast(
-                    f"Welcome back: {len(back[CASES])} loaded cases and this "
-                    "session's models were kept.",
+                    f"Welcome back: kept {' and '.join(kept_what)}.",
                     icon=":material/restore:",
                 )
         else:

@@ -172,8 +172,9 @@ with per_case:
         compare.TABLE_METRICS,
         key=_ui.kept("cmp_metric"),
         persist_state=_ui.KEEP,
-        format_func=lambda m: m.replace("_", " "),
+        format_func=lambda m: _ui.METRIC_LABELS.get(m, m.replace("_", " ")),
     )
+    shown = _ui.METRIC_LABELS.get(metric, metric.replace("_", " "))
     cases_df = pd.DataFrame(compare.per_case_rows(reports))
     fig = px.bar(
         cases_df,
@@ -181,7 +182,9 @@ with per_case:
         y=metric,
         color="model",
         barmode="group",
-        title=f"{metric.replace('_', ' ')} per case",
+        title=f"{shown} per case",
+        labels={metric: shown},
+        color_discrete_sequence=px.colors.qualitative.Dark2,
     )
     fig.update_layout(height=420, font=dict(size=16), margin=dict(l=10, r=10, t=50))
     _ui.plot(fig, key="cmp_per_case")

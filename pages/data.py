@@ -104,7 +104,8 @@ source = st.radio(
 if source == SOURCES[0]:
     st.markdown(
         "Four synthetic fundus images with exact vessel masks (three to train on, "
-        "one to test), and scikit-image's retina photograph without a mask."
+        "one to test), and scikit-image's retina photograph without a mask (on the "
+        "test side: a model's reconstruction of it has nothing to be scored against)."
     )
     pressed, note = _load_button("Load the built-in sample", "load_sample")
     if pressed:

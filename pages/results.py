@@ -65,7 +65,7 @@ def _use_own_threshold() -> None:
     st.session_state[threshold_key] = own
 
 
-slide, reset = st.columns([4, 1], vertical_alignment="bottom")
+slide, reset = st.columns([3, 1], vertical_alignment="bottom")
 # 3 decimals and a step of 0.001: the label is the threshold the figures use
 threshold = slide.slider(
     f"Threshold (the model's own: {own:.3f})",

@@ -67,15 +67,15 @@ def _training_pixels(kind: str, defaults: dict, n_cases: int, strategy: str) -> 
     chosen = f"the undersampling **{strategy.replace('_', ' ')}** (page 2)"
     if kind == "classic":
         return (
-            f"fits on its own sample of *pixels per case* (default "
-            f"{defaults['pixels_per_case']:,}) pixels per case, drawn uniformly in "
-            "the FOV; it does not use the undersampling"
+            "fits on its own sample of pixels drawn uniformly in the FOV (*pixels "
+            f"per case*, default {defaults['pixels_per_case']:,}); it does not use "
+            "the undersampling"
         )
     if kind == "knn":
         return (
             f"draws *max train samples* (default {defaults['max_train_samples']:,}) "
             f"of the pixels kept by {chosen}, evenly from the {n_cases} cases, and, "
-            f"when *context* is on, *context samples* (default "
+            f"when *context* is on, *context samples* (under More settings, default "
             f"{defaults['context_samples']:,}) more for the second stage"
         )
     return f"centres part of its crops on the pixels kept by {chosen}"
@@ -171,13 +171,15 @@ def _cv_chart(job: Job) -> None:
     by_k: dict[float, list[float]] = {}
     for e in events:
         by_k.setdefault(e.metrics["k"], []).append(e.metrics["score"])
-    fig = _ui.line_figure("Cross-validation score per k", "k (neighbours)", "score")
+    fig = _ui.line_figure(
+        "Cross-validation score per k", "k (neighbours)", "AUC ROC of held-out votes"
+    )
     fig.add_scatter(
         x=[e.metrics["k"] for e in events],
         y=[e.metrics["score"] for e in events],
         mode="markers",
         name="one fold",
-        marker=dict(size=9, opacity=0.5),
+        marker=dict(size=9, opacity=0.5, color="#7f8c8d"),
     )
     ks = sorted(by_k)
     if len(ks) <= 16:  # every k labelled while they fit; else plotly's own ticks
@@ -187,12 +189,25 @@ def _cv_chart(job: Job) -> None:
         y=[sum(by_k[k]) / len(by_k[k]) for k in ks],
         mode="lines+markers",
         name="mean over folds",
-        line=dict(width=3),
+        line=dict(width=3, color="#c0392b"),
     )
     meta = job.model.meta if job.model is not None else {}
     chosen, best = meta.get("chosen_k"), meta.get("cv_best_k")
+    if best is not None and best != chosen:
+        fig.add_vline(
+            x=best,
+            line_dash="dash",
+            line_color="grey",
+            annotation_text=f"best mean: k = {best}",
+            annotation_position="bottom left",
+        )
     if chosen is not None:
-        fig.add_vline(x=chosen, line_dash="dot", annotation_text=f"chosen k = {chosen}")
+        fig.add_vline(
+            x=chosen,
+            line_dash="dot",
+            annotation_text=f"chosen k = {chosen}",
+            annotation_position="bottom right",
+        )
     _ui.plot(fig, key=f"cv_{job.id}")
     if chosen is not None and best is not None:
         st.caption(

@@ -527,10 +527,10 @@ def test_train_page_says_what_each_kind_trains_on(sample):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
     knn = texts(at.caption)
     assert "draws *max train samples* (default 10,000) of the pixels kept by" in knn
-    assert "*context samples* (default 10,000) more for the second stage" in knn
+    assert "(under More settings, default 10,000) more for the second stage" in knn
     at.radio(key="train_kind").set_value("classic").run()
     classic = texts(at.caption)
-    assert "its own sample of *pixels per case* (default 5,000) pixels" in classic
+    assert "drawn uniformly in the FOV (*pixels per case*, default 5,000)" in classic
     assert "does not use the undersampling" in classic
     assert "kept by the undersampling" not in classic
 
@@ -650,7 +650,9 @@ def test_a_reload_keeps_the_loaded_data_the_undersampling_and_the_jobs(
     assert [c.id for c in again.session_state["cases"]] == [c.id for c in sample]
     assert again.session_state["sampling_choice"] == choice
     assert "5 cases" in texts(again.sidebar.markdown)
-    assert "Welcome back" in texts(again.toast)
+    assert "Welcome back: kept 5 loaded cases and this session's 1 fit." in texts(
+        again.toast
+    )
     # the fit started before the reload is this session's, and finishes here
     again.switch_page("pages/train.py").run()
     run_until(again, lambda at: "Finished" in texts(at.success))
