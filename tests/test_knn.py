@@ -370,6 +370,10 @@ def test_the_context_stage_reports_progress_per_case(train_cases):
     assert [(e.done, e.total) for e in context] == [(1, 3), (2, 3), (3, 3)]
     fit = [(e.done, e.total) for e in events if e.step == "fit"]
     assert fit == [(0, 3), (1, 3), (2, 3)]
+    # one event per whole training map of the threshold, within the last step
+    threshold = [e for e in events if e.step == "threshold"]
+    assert [e.fraction for e in threshold] == pytest.approx([4 / 6, 5 / 6])  # 2 maps
+    assert "whole map of case" in threshold[0].message
 
 
 def test_chunked_model_prediction_equals_unchunked(fitted, test_case):

@@ -961,7 +961,13 @@ class KNNModel:
             ),
         )
         # after a stop, a quick threshold: the user is waiting
-        self._fit_threshold(cases, rng, 2 if self.meta.get("stopped_early") else None)
+        self._fit_threshold(
+            cases,
+            rng,
+            2 if self.meta.get("stopped_early") else None,
+            on_progress,
+            (n_steps - 1, n_steps),
+        )
         self.meta["fit_seconds"] = time.monotonic() - started
         emit(
             on_progress,
@@ -1055,7 +1061,14 @@ class KNNModel:
             },
         }
 
-    def _fit_threshold(self, cases: Sequence[Case], rng, at_most=None) -> None:
+    def _fit_threshold(
+        self, cases: Sequence[Case], rng, at_most=None, on_progress=None, step=(0, 1)
+    ) -> None:
+        """The threshold of best F1 on whole training maps (own samples left out).
+
+        One ``"threshold"`` event per map, its fraction on the fit's scale: the
+        last ``step = (done, total)`` of the fit's steps.
+        """
         from vessel_core import metrics
 
         n = min(len(cases), max(1, int(self.settings["threshold_cases"])))
@@ -1068,7 +1081,18 @@ class KNNModel:
         )
         picked = [cases[i] for i in chosen]
         maps = []
-        for case in picked:
+        for i, case in enumerate(picked):
+            emit(
+                on_progress,
+                Progress(
+                    "threshold",
+                    step[0] * len(picked) + i,
+                    step[1] * len(picked),
+                    {},
+                    f"fitting the threshold: whole map of case {case.id} "
+                    f"({i + 1}/{len(picked)})",
+                ),
+            )
             exclude = case.id if len(cases) > 1 else None
             maps.append(self._predict(case.image, case.fov_mask, exclude_group=exclude))
         self.threshold = metrics.best_threshold(
