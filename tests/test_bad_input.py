@@ -930,6 +930,12 @@ def test_one_bad_upload_does_not_hide_the_others():
     assert "upload:" not in message  # named as the user named them
 
 
+def test_a_text_file_is_named_as_text_with_a_one_line_preview():
+    with pytest.raises(LoadError) as err:
+        read_image(b"line one\nline two\n", name="notes.png")
+    assert "the content is text (starting 'line one line two')" in str(err.value)
+
+
 def test_a_reader_error_shows_no_python_object():
     """PIL's "cannot identify image file <_io.BytesIO object at 0x...>" is cut."""
     image = np.full((64, 64, 3), 120, np.uint8)

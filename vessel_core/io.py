@@ -526,7 +526,8 @@ def _describe_unknown(head: bytes) -> str:
         except UnicodeDecodeError:
             continue
     if text and (text.isprintable() or "\n" in text or "\t" in text):
-        return f"not an image: the content is text ({text[:24]!r}...)"
+        preview = " ".join(text.split())[:24]  # line breaks shown as spaces
+        return f"not an image: the content is text (starting '{preview}')"
     if head[:4] in _ZIP_MAGICS:
         return (
             "a ZIP archive, not an image: give it to discover() or load_files(), "
