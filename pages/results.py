@@ -122,31 +122,30 @@ if case.has_mask:
     with st.columns(len(panels))[0]:
         st.markdown("**Probability map**")
         st.image(render.probability_image(prob, case.fov_mask), width="stretch")
-        st.caption("dark blue: surely background, yellow: surely vessel")
+        st.caption("dark purple: surely background, yellow: surely vessel")
 
 files = render.result_files(
     case.id, case.image, prob, threshold, case.fov_mask, case.vessel_mask, figures
 )
 st.subheader("Downloads")
-png, csv, bundle = st.columns(3)
-png.download_button(
-    "Vessel map (PNG)",
-    files[f"{case.id}_vessels.png"],
-    file_name=f"{case.id}_{ref.name}_vessels.png",
-    mime="image/png",
-    key="res_dl_png",
-    on_click="ignore",
-)
+offered = [
+    ("Vessel map (PNG)", f"{case.id}_vessels.png", "vessels.png", "image/png", "png")
+]
 if figures is not None:
-    csv.download_button(
-        "Metrics (CSV)",
-        files[f"{case.id}_metrics.csv"],
-        file_name=f"{case.id}_{ref.name}_metrics.csv",
-        mime="text/csv",
-        key="res_dl_csv",
+    offered.append(
+        ("Metrics (CSV)", f"{case.id}_metrics.csv", "metrics.csv", "text/csv", "csv")
+    )
+columns = st.columns(3)  # side by side, with no gap where a file is not offered
+for column, (label, member, suffix, mime, key) in zip(columns, offered, strict=False):
+    column.download_button(
+        label,
+        files[member],
+        file_name=f"{case.id}_{ref.name}_{suffix}",
+        mime=mime,
+        key=f"res_dl_{key}",
         on_click="ignore",
     )
-bundle.download_button(
+columns[len(offered)].download_button(
     "Everything (ZIP)",
     render.to_zip(files),
     file_name=f"{case.id}_{ref.name}.zip",

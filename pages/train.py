@@ -210,10 +210,17 @@ def _cv_chart(job: Job) -> None:
         )
     _ui.plot(fig, key=f"cv_{job.id}")
     if chosen is not None and best is not None:
+        folds, asked = meta.get("cv_folds", 0), meta["settings"]["n_folds"]
+        fewer = (
+            f" Only {folds} folds: one per training case, fewer than *n folds* "
+            f"({asked})."
+            if 0 < folds < asked
+            else ""
+        )
         st.caption(
             f"The best mean is at k = {best}; k = {chosen} is the smallest k within "
             f"one standard error ({meta.get('cv_standard_error', 0):.4f}) of it: past "
-            "that, a larger k gains less than the folds disagree."
+            f"that, a larger k gains less than the folds disagree.{fewer}"
         )
 
 

@@ -274,7 +274,7 @@ def test_allowed_folder_refuses_links_out_of_the_data_folder(tmp_path):
 def test_train_page_fits_a_knn_in_the_background_and_saves_it(sample, models_dir):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
     assert at.radio(key="train_kind").value == "knn"
-    for name, value in QUICK_KNN.items():
+    for name, value in {**QUICK_KNN, "n_folds": 4}.items():  # 4 folds, 3 cases
         at.number_input(key=f"train_knn_{name}").set_value(value)
     at.text_input(key="train_name_knn").set_value("my knn")
     at.button(key="train_start").click().run()
@@ -291,6 +291,9 @@ def test_train_page_fits_a_knn_in_the_background_and_saves_it(sample, models_dir
     assert "'my knn' was changed to 'my-knn'" in texts(at.info)
     assert (models_dir / "my-knn" / "model.json").is_file()
     assert len(at.get("plotly_chart")) >= 1  # the CV chart
+    cv = texts(at.caption)
+    assert "The best mean is at k = " in cv and "one standard error" in cv
+    assert "Only 3 folds: one per training case, fewer than *n folds* (4)." in cv
     from pages import _ui
 
     jobs = _ui._job_manager(str(models_dir)).jobs(at.session_state["session_id"])

@@ -173,6 +173,10 @@ def test_cv_takes_the_smallest_k_within_one_standard_error_of_the_best():
     assert choice.mean_scores[choice.k] >= floor
     assert all(choice.mean_scores[k] < floor for k in ks if k < choice.k)
     assert choice.k < best  # the curve levels off: the plateau's start, not its end
+    assert choice.n_folds == 5
+    # at most one fold per case: 3 cases give 3 folds, and the fit says so
+    three = groups % 3
+    assert choose_k(X, y, three, ks=[1, 3], n_folds=5).n_folds == 3
 
 
 def test_cv_stops_between_folds():
@@ -236,7 +240,7 @@ def test_a_dark_line_is_found(fitted, test_case):
     meta = fitted.meta
     assert meta["train_cases"] == ["a", "b", "c", "d"]
     assert meta["chosen_k"] in (1, 3, 5, 7)
-    assert len(meta["cv_scores"]) == 4 * 2
+    assert len(meta["cv_scores"]) == 4 * 2 and meta["cv_folds"] == 2
     assert meta["feature_names"][0] == "green[+0,+0]"
     assert 0 < fitted.threshold < 1
 

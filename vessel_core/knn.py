@@ -512,6 +512,8 @@ class KChoice:
         no fold gave a score.
     standard_error : float
         Standard error of ``best_k``'s fold scores (0 with one fold).
+    n_folds : int
+        Folds used: the number asked for, at most one per case, at least 2.
 
     References
     ----------
@@ -526,6 +528,7 @@ class KChoice:
     stopped: bool = False
     best_k: int | None = None
     standard_error: float = 0.0
+    n_folds: int = 0
 
 
 def grouped_folds(groups: NDArray, n_folds: int):
@@ -640,7 +643,9 @@ def choose_k(
         mean_scores[k] = float(np.mean(scores)) if scores else math.nan
     finite = {k: s for k, s in mean_scores.items() if not math.isnan(s)}
     if not finite:
-        return KChoice(ks[-1], mean_scores, results, "auc_roc", stopped)
+        return KChoice(
+            ks[-1], mean_scores, results, "auc_roc", stopped, n_folds=n_folds
+        )
     best = max(finite, key=lambda k: (finite[k], -k))
     spread = [
         r["score"] for r in results if r["k"] == best and not math.isnan(r["score"])
@@ -648,7 +653,7 @@ def choose_k(
     se = float(np.std(spread, ddof=1) / math.sqrt(len(spread))) if spread[1:] else 0.0
     # a larger k smooths more; past the plateau the gain is within the folds' noise
     chosen = min(k for k, score in finite.items() if score >= finite[best] - se)
-    return KChoice(chosen, mean_scores, results, "auc_roc", stopped, best, se)
+    return KChoice(chosen, mean_scores, results, "auc_roc", stopped, best, se, n_folds)
 
 
 # --------------------------------------------------------------------------------
@@ -751,7 +756,7 @@ class KNNModel:
         The probability threshold of best F1 on the training cases.
     meta : dict
         ``settings``, ``train_cases``, ``train_fingerprint``, ``feature_names``,
-        ``chosen_k``, ``cv_best_k``, ``cv_standard_error``, ``cv_scores``,
+        ``chosen_k``, ``cv_best_k``, ``cv_standard_error``, ``cv_folds``, ``cv_scores``,
         ``cv_metric``, ``scores`` (training cases,
         each predicted without its own samples), ``screen``, ``selection``,
         ``n_train_samples``, ``training_fov_diameter``, ``fit_seconds``, and
@@ -865,7 +870,7 @@ class KNNModel:
             )
 
         # 2. k by grouped cross-validation
-        cv_results, cv_means, cv_best, cv_se = [], {}, None, 0.0
+        cv_results, cv_means, cv_best, cv_se, cv_folds = [], {}, None, 0.0, 0
         if s["n_neighbors"] is not None:
             k = int(s["n_neighbors"])
         elif len(cases) < 2:
@@ -889,6 +894,7 @@ class KNNModel:
             _check_stop(stop, "cross-validating k")
             k, cv_results, cv_means = choice.k, choice.results, choice.mean_scores
             cv_best, cv_se = choice.best_k, choice.standard_error
+            cv_folds = choice.n_folds
         k = min(k, len(X))
 
         # 3. the classifier and its screen
@@ -915,6 +921,7 @@ class KNNModel:
                 "chosen_k": int(k),
                 "cv_best_k": cv_best,
                 "cv_standard_error": cv_se,
+                "cv_folds": cv_folds,
                 "cv_metric": "auc_roc",
                 "cv_scores": cv_results,
                 "cv_mean_scores": {str(kk): v for kk, v in cv_means.items()},
