@@ -6,6 +6,14 @@ Prints one line per epoch (held-out figures), the wall time, and the test table
 (mean over the 20 test cases and pooled pixels, inside the FOV, at the threshold
 chosen on the held-out training cases). `bench_row` is the same run as a function
 for a comparison bench.
+
+    python bench/train_resnet.py --preset full --snapshot --out /tmp/snap \
+        --set checkpoint_dir=runs/resnet34-full/ckpt
+
+scores the best epoch so far of a fit that is still running (or was cut off),
+without training: its checkpoint is copied to a temporary folder and resumed there
+with a time budget already spent, so the running fit and its checkpoint are left
+as they are.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="a model setting, e.g. --set input=rgb (repeatable)",
     )
+    p.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="score the best epoch so far of the checkpoint in checkpoint_dir, "
+        "without training and without touching that checkpoint",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%X"
@@ -89,13 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         "%d training and %d test cases; settings %s", len(train), len(test), settings
     )
 
-    name, figures, model = bench_row(train, test, args.preset, **settings)
+    source = settings.get("checkpoint_dir")
+    with tempfile.TemporaryDirectory(prefix="snapshot-") as tmp:
+        if args.snapshot:
+            settings = _snapshot_settings(settings, Path(tmp))
+        name, figures, model = bench_row(train, test, args.preset, **settings)
+        if args.snapshot:  # its settings name the temporary copy
+            model.meta["snapshot_of"] = str(source)
     if args.out:
         folder = store.save_model(model, args.out, overwrite=True)
         logger.info("saved to %s", folder)
 
+    trained = f"trained {figures['fit_seconds'] / 60:.1f} min"
+    if args.snapshot:
+        trained = f"snapshot of {source}"
     print(
-        f"\n{name}: trained {figures['fit_seconds'] / 60:.1f} min "
+        f"\n{name}: {trained} "
         f"({figures['epochs_run']} epochs, best {figures['best_epoch']}, "
         f"ImageNet weights: {figures['pretrained']}), threshold "
         f"{figures['threshold']:.3f}, predict "
@@ -106,6 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     for row in ("mean", "pooled"):
         print(f"{row:8s}" + "".join(f"{figures[row][k]:13.4f}" for k in TABLE_KEYS))
     return 0
+
+
+def _snapshot_settings(settings: dict, tmp: Path) -> dict:
+    """Settings that resume a copy of ``checkpoint_dir``'s checkpoint in ``tmp``
+    and stop before the first batch (`bench_row` then keeps its best epoch)."""
+    from vessel_core._resnet_fit import CHECKPOINT_FILE
+
+    folder = settings.get("checkpoint_dir")
+    if not folder:
+        raise SystemExit("--snapshot needs --set checkpoint_dir=FOLDER")
+    source = Path(folder) / CHECKPOINT_FILE
+    if not source.is_file():
+        raise SystemExit(f"--snapshot: {source} does not exist")
+    shutil.copy2(source, tmp / CHECKPOINT_FILE)
+    # a budget spent before the first batch: no training, no checkpoint written
+    return {**settings, "checkpoint_dir": str(tmp), "resume": True, "max_minutes": 1e-9}
 
 
 def _parse_setting(text: str) -> tuple[str, object]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from vessel_core.cases import Case
@@ -26,3 +28,21 @@ def line_case(
     image[..., 2] = 60
     image[~fov] = 0
     return Case(cid, image, fov, vessel)
+
+
+def write_drive_like(folder: Path) -> None:
+    """A tiny dataset in DRIVE's layout: 3 training and 2 test cases."""
+    from PIL import Image
+
+    for i, (split, number) in enumerate(
+        [("training", 21), ("training", 22), ("training", 23), ("test", 1), ("test", 2)]
+    ):
+        case = line_case(str(number), angle=0.4 * i, offset=3.0 * i, seed=i, size=96)
+        name = f"{number:02d}_{split if split == 'test' else 'training'}"
+        for sub in ("images", "1st_manual", "mask"):
+            (folder / split / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(case.image).save(folder / split / "images" / f"{name}.tif")
+        vessel = Image.fromarray(case.vessel_mask.astype(np.uint8) * 255)
+        vessel.save(folder / split / "1st_manual" / f"{number:02d}_manual1.gif")
+        fov = Image.fromarray(case.fov_mask.astype(np.uint8) * 255)
+        fov.save(folder / split / "mask" / f"{name}_mask.gif")

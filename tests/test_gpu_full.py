@@ -7,8 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
+from synthetic import write_drive_like
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_full.sh"
@@ -83,25 +83,6 @@ def test_an_unknown_step_prints_the_usage():
     result = run("bogus")
     assert result.returncode == 2
     assert "prepare|train|rest|assemble" in result.stderr
-
-
-def write_drive_like(folder: Path) -> None:
-    """A tiny dataset in DRIVE's layout: 3 training and 2 test cases."""
-    from PIL import Image
-    from synthetic import line_case
-
-    for i, (split, number) in enumerate(
-        [("training", 21), ("training", 22), ("training", 23), ("test", 1), ("test", 2)]
-    ):
-        case = line_case(str(number), angle=0.4 * i, offset=3.0 * i, seed=i, size=96)
-        name = f"{number:02d}_{split if split == 'test' else 'training'}"
-        for sub in ("images", "1st_manual", "mask"):
-            (folder / split / sub).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(case.image).save(folder / split / "images" / f"{name}.tif")
-        vessel = Image.fromarray(case.vessel_mask.astype(np.uint8) * 255)
-        vessel.save(folder / split / "1st_manual" / f"{number:02d}_manual1.gif")
-        fov = Image.fromarray(case.fov_mask.astype(np.uint8) * 255)
-        fov.save(folder / split / "mask" / f"{name}_mask.gif")
 
 
 @pytest.mark.slow
