@@ -902,7 +902,15 @@ class KNNModel:
         n_steps = 3 if s["context"] else 2
         emit(
             on_progress,
-            Progress("fit", 0, n_steps, {"k": float(k)}, f"fitting the {k}-NN screen"),
+            Progress(
+                "fit",
+                0,
+                n_steps,
+                {"k": float(k)},
+                f"fitting the {k}-NN screen: exact votes of up to "
+                f"{KNNClassifier().max_screen_samples:,} calibration pixels, then a "
+                "small network (up to about 20 s on DRIVE; a stop waits for it)",
+            ),
         )
         classifier = KNNClassifier(
             n_neighbors=k,
