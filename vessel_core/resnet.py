@@ -478,7 +478,20 @@ class ResNetUNet:
         self.threshold = float(state.best_threshold) if val else 0.5
         threshold_cases = [c.id for c in val]
         extra = self._threshold_cases(train)
-        if extra and val and state.best_maps and state.stopped != "stop requested":
+        hurry = state.stopped == "stop requested"
+        if extra and val and not state.best_maps and state.best_state and not hurry:
+            # a resumed fit whose best epoch came before the checkpoint: its
+            # held-out maps were not kept, so they are predicted again
+            result = rf.validate(
+                net,
+                rf.prepare_inputs(val, self.settings["input"]),
+                val,
+                device,
+                self.settings["tile_size"],
+                self.settings["tile_overlap"],
+            )
+            state.best_maps = result[1]
+        if extra and val and state.best_maps and not hurry:
             self.threshold, threshold_cases = self._pooled_threshold(
                 net, device, val, state.best_maps, extra
             )
