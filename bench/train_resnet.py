@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             settings = _snapshot_settings(settings, Path(tmp))
         name, figures, model = bench_row(train, test, args.preset, **settings)
         if args.snapshot:  # its settings name the temporary copy
+            if not model.meta["epochs_run"]:
+                raise SystemExit(
+                    f"--snapshot: {source}'s checkpoint was written by a fit with "
+                    "other settings or cases (the preset and --set values must be "
+                    "the run's own); nothing was scored or saved"
+                )
             model.meta["snapshot_of"] = str(source)
     if args.out:
         folder = store.save_model(model, args.out, overwrite=True)

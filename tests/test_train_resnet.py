@@ -60,6 +60,13 @@ def test_a_snapshot_scores_the_best_epoch_and_leaves_the_checkpoint(tmp_path, ca
     assert digest(checkpoint) == before  # the fit's own checkpoint is untouched
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint.pt"]
 
+    # another fit's settings: refused, not a model of random weights
+    other = [*base, "--set", "crops_per_epoch=12", "--snapshot"]
+    with pytest.raises(SystemExit, match="written by a fit with other settings"):
+        main([*other, "--out", str(tmp_path / "wrong")])
+    assert not (tmp_path / "wrong").exists()
+    assert digest(checkpoint) == before
+
     trained = store.load_model(tmp_path / "trained")
     snap = store.load_model(tmp_path / "snap")
     assert snap.meta["snapshot_of"] == str(checkpoints)
