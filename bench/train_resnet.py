@@ -97,20 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%X"
     )
 
-    found = io.discover(args.data or drive_dir())
-    train = with_masks(split_cases(found.cases, "train"))
-    test = with_masks(split_cases(found.cases, "test"))
     settings = dict(_parse_setting(text) for text in args.set)
-    logger.info(
-        "%d training and %d test cases; settings %s", len(train), len(test), settings
-    )
-
     source = settings.get("checkpoint_dir")
     with tempfile.TemporaryDirectory(prefix="snapshot-") as tmp:
-        if args.snapshot:
+        asked = settings
+        if args.snapshot:  # checked before the data is read
             settings = _snapshot_settings(settings, Path(tmp))
+        found = io.discover(args.data or drive_dir())
+        train = with_masks(split_cases(found.cases, "train"))
+        test = with_masks(split_cases(found.cases, "test"))
+        logger.info(
+            "%d training and %d test cases; settings %s", len(train), len(test), asked
+        )
         name, figures, model = bench_row(train, test, args.preset, **settings)
-        if args.snapshot:  # its settings name the temporary copy
+        if args.snapshot:
             if not model.meta["epochs_run"]:
                 raise SystemExit(
                     f"--snapshot: {source}'s checkpoint was written by a fit with "
@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                     "the run's own); nothing was scored or saved"
                 )
             model.meta["snapshot_of"] = str(source)
+            # the run's own settings, not the temporary copy's spent budget
+            own = ResNetUNet(preset=args.preset, **asked).settings
+            for key in ("checkpoint_dir", "resume", "max_minutes"):
+                model.settings[key] = model.meta["settings"][key] = own[key]
     if args.out:
         folder = store.save_model(model, args.out, overwrite=True)
         logger.info("saved to %s", folder)
@@ -149,7 +153,10 @@ def _snapshot_settings(settings: dict, tmp: Path) -> dict:
         raise SystemExit("--snapshot needs --set checkpoint_dir=FOLDER")
     source = Path(folder) / CHECKPOINT_FILE
     if not source.is_file():
-        raise SystemExit(f"--snapshot: {source} does not exist")
+        raise SystemExit(
+            f"--snapshot: {source} does not exist (relative paths start in "
+            f"{Path.cwd()})"
+        )
     shutil.copy2(source, tmp / CHECKPOINT_FILE)
     # a budget spent before the first batch: no training, no checkpoint written
     return {**settings, "checkpoint_dir": str(tmp), "resume": True, "max_minutes": 1e-9}

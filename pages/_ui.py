@@ -145,8 +145,11 @@ def run_page(page) -> None:
     except Exception as exc:  # the last guard: a message for the user, no traceback
         logger.exception("page %s failed", page.title)
         st.error(
-            f"This page ran into a problem it did not expect: {type(exc).__name__}: "
-            f"{exc}. What you loaded and trained is kept; try another choice."
+            as_text(
+                "This page ran into a problem it did not expect: "
+                f"{type(exc).__name__}: {exc}. What you loaded and trained is kept; "
+                "try another choice."
+            )
         )
     finally:
         _guard.on = False
@@ -493,7 +496,26 @@ def fmt(value: Any, digits: int = 3) -> str:
 def show_error(exc: BaseException | str, what: str) -> None:
     """An error box (no traceback) for a failure the user can act on."""
     logger.warning("%s failed: %s", what, exc)
-    st.error(f"{what} failed: {exc}")
+    st.error(as_text(f"{what} failed: {exc}"))
+
+
+def as_text(text: Any) -> str:
+    """A plain-text message as Markdown that shows it as written.
+
+    Everything is escaped (`plain`: a file named ``*star*.png`` stays so); lines
+    starting with ``- `` become a list, and every other line its own paragraph,
+    so a line after a list does not run on into its last item.
+    """
+    out: list[str] = []
+    for line in str(text).split("\n"):
+        item = re.match(r"\s*- (.*)", line)
+        if item:
+            out.append(f"- {plain(item.group(1))}")
+            continue
+        if out:
+            out.append("")  # a blank line: ends a list, starts a paragraph
+        out.append(plain(line.strip()))
+    return "\n".join(out)
 
 
 def plain(text: Any) -> str:

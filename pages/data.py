@@ -36,9 +36,11 @@ def _load(what: str, reader) -> None:
             return
     for w in seen:
         if issubclass(w.category, UserWarning):
-            st.warning(str(w.message))
+            st.warning(_ui.as_text(w.message))
     if not found.cases:
-        st.error(f"{what}: no image found among the files; nothing was loaded.")
+        st.error(
+            _ui.as_text(f"{what}: no image found among the files; nothing was loaded.")
+        )
         return
     before = len(_ui.cases())
     _ui.set_cases(found.cases, found.layout, found.unpaired)

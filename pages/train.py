@@ -289,7 +289,7 @@ def _job_box(job: Job) -> None:
                     text=last.message if last and last.message else "Starting...",
                 )
         elif job.status == FAILED:
-            st.error(f"Training failed: {job.error}")
+            st.error(_ui.as_text(f"Training failed: {job.error}"))
         elif job.finished_ok:
             where = f"saved as **{job.saved_name}**" if job.saved_name else "not saved"
             stopped = " (stopped early)" if job.status == STOPPED else ""

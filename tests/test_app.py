@@ -7,6 +7,7 @@ models are saved into a temporary folder ($VESSEL_MODELS_DIR).
 from __future__ import annotations
 
 import io as io_module
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -64,6 +65,11 @@ def app(page: str | None = None, **state) -> AppTest:
 
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def as_drawn(elements) -> str:
+    """The elements' text as drawn: Markdown's backslash escapes gone."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", texts(elements))
 
 
 def run_until(at: AppTest, done, timeout: float = 120.0) -> AppTest:
@@ -143,7 +149,7 @@ def test_data_page_pairs_uploaded_drive_files_and_lists_refused_ones(drive_uploa
     uploads = [*drive_uploads, ("notes.txt", b"not an image", "text/plain")]
     at.file_uploader(key="upload_files").set_value(uploads).run()
     at.button(key="load_uploads").click().run()
-    assert not at.exception and not at.error, texts(at.error)
+    assert not at.exception and not at.error, as_drawn(at.error)
 
     assert "Loaded 2 cases (DRIVE): 1 train, 1 test." in texts(at.success)
     cases, refused = at.dataframe[0].value, at.dataframe[1].value
@@ -165,7 +171,7 @@ def test_data_page_opens_an_uploaded_zip_of_a_dataset(drive_root):
         ("drive.zip", buffer.getvalue(), "application/zip")
     ).run()
     at.button(key="load_uploads").click().run()
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
     assert "Loaded 2 cases (DRIVE): 1 train, 1 test." in texts(at.success)
 
 
@@ -177,7 +183,7 @@ def test_data_page_names_a_bad_file_and_keeps_what_was_loaded(sample):
     ).run()
     at.button(key="load_uploads").click().run()
     assert not at.exception
-    assert "21_training.tif" in texts(at.error)
+    assert "21_training.tif" in as_drawn(at.error)
     assert len(at.session_state["cases"]) == 5
 
 
@@ -196,12 +202,12 @@ def test_data_page_opens_a_server_folder_only_under_the_data_folder(
     at.radio(key="data_source").set_value("Folder on the server").run()
     at.text_input(key="server_folder").set_value("../..").run()
     at.button(key="load_folder").click().run()
-    assert "outside the data folder" in texts(at.error)
+    assert "outside the data folder" in as_drawn(at.error)
     assert "cases" not in at.session_state
 
     at.text_input(key="server_folder").set_value("DRIVE2").run()
     at.button(key="load_folder").click().run()
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
     assert "Loaded 2 cases (DRIVE)" in texts(at.success)
 
 
@@ -278,7 +284,7 @@ def test_train_page_fits_a_knn_in_the_background_and_saves_it(sample, models_dir
         at.number_input(key=f"train_knn_{name}").set_value(value)
     at.text_input(key="train_name_knn").set_value("my knn")
     at.button(key="train_start").click().run()
-    assert not at.exception and not at.error, texts(at.error)
+    assert not at.exception and not at.error, as_drawn(at.error)
 
     # switching pages while it trains neither stops nor restarts it, and the
     # settings are still there on the way back
@@ -351,7 +357,7 @@ def test_compare_page_scores_models_next_to_the_all_background_baseline(
     ]
     assert at.multiselect(key="cmp_cases").value == ["synth-04"]
     at.button(key="cmp_run").click().run()
-    assert not at.exception and not at.error, texts(at.error)
+    assert not at.exception and not at.error, as_drawn(at.error)
 
     table = at.table[0].value
     assert list(table.index) == ["classic-sample", "knn-sample", "all background"]
@@ -374,7 +380,7 @@ def test_results_page_shows_reconstruction_errors_and_downloads(
     monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
     at = app("pages/results.py", cases=sample, dataset="built-in sample")
     assert at.selectbox(key="res_case").value == "synth-04"
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
     # original, manual mask, reconstruction, errors; the probability map
     assert len(at.get("image")) == 5
     f1 = {m.label: m.value for m in at.metric}["F1 (Dice)"]
@@ -387,7 +393,7 @@ def test_results_page_shows_reconstruction_errors_and_downloads(
     assert {m.label: m.value for m in at.metric}["F1 (Dice)"] != f1
 
     at.selectbox(key="res_case").set_value("retina").run()
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
     assert "no manual vessel mask" in texts(at.info)
     assert not at.metric
     assert len(at.get("image")) == 3  # original, reconstruction, probability map
@@ -409,12 +415,12 @@ def test_drive_cases_from_training_to_results(drive_root, models_dir):
     at.number_input(key="train_knn_max_train_samples").set_value(3000)
     at.button(key="train_start").click().run()
     run_until(at, lambda at: "Finished" in texts(at.success) or at.error)
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
 
     at.switch_page("pages/compare.py").run()
     assert at.multiselect(key="cmp_cases").value == ["01"]
     at.button(key="cmp_run").click().run()
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
     table = at.table[0].value
     assert list(table.index) == ["knn-DRIVE", "all background"]
     assert float(table.loc["knn-DRIVE", "F1 (Dice)"]) > 0.5
@@ -454,7 +460,7 @@ def test_data_page_says_a_load_replaces_the_cases_loaded_before(sample, drive_up
     at.file_uploader(key="upload_files").set_value(drive_uploads[:3]).run()
     assert "replaces the 5 cases loaded now" in texts(at.caption)
     at.button(key="load_uploads").click().run()
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
     assert (
         "Loaded 1 case (DRIVE): 1 train, 0 test; the 5 cases loaded before were "
         "replaced." in texts(at.success)
@@ -481,7 +487,7 @@ def test_data_page_warns_of_refused_files_and_forgets_them_on_the_next_load(
     at.radio(key="data_source").set_value("Upload files").run()
     at.file_uploader(key="upload_files").set_value([*drive_uploads, *refused]).run()
     at.button(key="load_uploads").click().run()
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
     assert "Loaded 2 cases" in texts(at.success)
     warning = texts(at.warning)
     assert "3 files not used" in warning
@@ -495,7 +501,7 @@ def test_data_page_warns_of_refused_files_and_forgets_them_on_the_next_load(
     truncated = ("21_training.tif", drive_uploads[0][1][:3000], "image/tiff")
     at.file_uploader(key="upload_files").set_value([truncated, *refused]).run()
     at.button(key="load_uploads").click().run()
-    error = texts(at.error)
+    error = as_drawn(at.error)
     assert (
         "Loading 4 uploaded file(s) failed: nothing was loaded, because of 1 problem:"
         in error
@@ -552,7 +558,7 @@ def test_train_page_refuses_a_one_class_undersampling_for_the_knn(sample, models
     )
     at.button(key="train_start").click().run()
     assert not at.exception
-    assert "keeps no background pixel" in texts(at.error)
+    assert "keeps no background pixel" in as_drawn(at.error)
     from pages import _ui
 
     assert _ui._job_manager(str(models_dir)).jobs(at.session_state["session_id"]) == []
@@ -608,7 +614,7 @@ def test_compare_page_notes_name_the_model_they_concern(
     monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
     at = app("pages/compare.py", cases=sample, dataset="built-in sample")
     at.button(key="cmp_run").click().run()
-    assert not at.exception and not at.error, texts(at.error)
+    assert not at.exception and not at.error, as_drawn(at.error)
     notes = next(e for e in at.expander if "on undefined figures" in e.label)
     assert notes.label.endswith("from all background")
     shown = texts(notes.markdown).replace("\\", "")  # Markdown escapes
@@ -646,7 +652,7 @@ def test_a_reload_keeps_the_loaded_data_the_undersampling_and_the_jobs(
     at.switch_page("pages/train.py").run()
     at.radio(key="train_kind").set_value("classic").run()
     at.button(key="train_start").click().run()
-    assert not at.error, texts(at.error)
+    assert not at.error, as_drawn(at.error)
 
     again = reloaded(at)
     assert again.session_state["session_id"] == sid
@@ -722,3 +728,26 @@ def test_an_address_naming_the_session_twice_keeps_it_once(sample):
     assert again.session_state["session_id"] == sid
     assert again.query_params["session"] == sid
     assert "5 cases" in texts(again.sidebar.markdown)
+
+
+def test_an_error_is_drawn_as_written_with_its_lists_apart():
+    from pages import _ui
+
+    text = (
+        "Loading failed: nothing was loaded, because of 1 problem:\n"
+        "  - '*star*.png': truncated\n"
+        "Also not used (these alone would not stop a load):\n"
+        "  - notes.png: text\n"
+        "  ... and 2 more"
+    )
+    drawn = _ui.as_text(text)
+    assert drawn.split("\n") == [
+        _ui.plain("Loading failed: nothing was loaded, because of 1 problem:"),
+        "- " + _ui.plain("'*star*.png': truncated"),
+        "",  # the list ends: the next line is not part of its last item
+        _ui.plain("Also not used (these alone would not stop a load):"),
+        "- " + _ui.plain("notes.png: text"),
+        "",
+        _ui.plain("... and 2 more"),
+    ]
+    assert "\\*star\\*" in drawn  # a name, not italics

@@ -930,6 +930,16 @@ def test_one_bad_upload_does_not_hide_the_others():
     assert "upload:" not in message  # named as the user named them
 
 
+def test_an_empty_file_and_broken_gzip_are_told_apart():
+    image = np.full((64, 64, 3), 120, np.uint8)
+    broken = b"\x1f\x8b" + b"\x00" * 40  # gzip's magic, then nothing that unpacks
+    files = [("a.png", encode(image)), ("empty.png", b""), ("b.ppm.gz", broken)]
+    found = vio.load_files(files)
+    why = {vio.source_name(u.path): u.reason for u in found.unpaired}
+    assert why["empty.png"] == "not an image: the file is empty; not read"
+    assert "gzip data that does not unpack" in why["b.ppm.gz"]
+
+
 def test_a_text_file_is_named_as_text_with_a_one_line_preview():
     with pytest.raises(LoadError) as err:
         read_image(b"line one\nline two\n", name="notes.png")

@@ -70,6 +70,8 @@ def test_a_snapshot_scores_the_best_epoch_and_leaves_the_checkpoint(tmp_path, ca
     trained = store.load_model(tmp_path / "trained")
     snap = store.load_model(tmp_path / "snap")
     assert snap.meta["snapshot_of"] == str(checkpoints)
+    for key, value in [("checkpoint_dir", str(checkpoints)), ("max_minutes", 13.5)]:
+        assert snap.settings[key] == snap.meta["settings"][key] == value
     assert snap.meta["best_epoch"] == trained.meta["best_epoch"]
     # the held-out maps of the best epoch are predicted again (a checkpoint does
     # not keep them) from the weights as saved: the same threshold, nearly

@@ -517,7 +517,9 @@ def _describe_unknown(head: bytes) -> str:
     """A few words on content (its first bytes) that is no known image format."""
     head = head[:64]
     if not head:
-        return "not an image: no content (an empty file, or gzip data that fails)"
+        return "not an image: the file is empty"
+    if head[:2] == _GZIP_MAGIC:
+        return "not an image: gzip data that does not unpack (damaged or cut short)"
     text = None
     for cut in range(4):  # the 64 bytes may end inside a UTF-8 character
         try:
@@ -774,7 +776,7 @@ def _head_of(data: bytes) -> bytes:
         try:
             return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:4096], 64)
         except zlib.error:
-            return b""
+            return data[:64]  # still gzip: told as gzip that does not unpack
     return data[:64]
 
 
