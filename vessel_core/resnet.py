@@ -449,17 +449,17 @@ class ResNetUNet:
         """Load the best weights, pick the threshold, fill ``meta``."""
         from vessel_core import _resnet_fit as rf
 
+        def held_out(net):
+            """The held-out scores and maps of ``net`` as it is now."""
+            inputs = rf.prepare_inputs(val, self.settings["input"])
+            s = self.settings
+            return rf.validate(
+                net, inputs, val, device, s["tile_size"], s["tile_overlap"]
+            )
+
         if state.best_state is None and state.epochs_run == 0 and val:
             # stopped inside the first epoch: score what there is
-            result = rf.validate(
-                net,
-                rf.prepare_inputs(val, self.settings["input"]),
-                val,
-                device,
-                self.settings["tile_size"],
-                self.settings["tile_overlap"],
-            )
-            scores, maps = result
+            scores, maps = held_out(net)
             state.best_scores = scores
             state.best_threshold = scores["threshold"]
             state.best_maps = maps
@@ -482,15 +482,7 @@ class ResNetUNet:
         if extra and val and not state.best_maps and state.best_state and not hurry:
             # a resumed fit whose best epoch came before the checkpoint: its
             # held-out maps were not kept, so they are predicted again
-            result = rf.validate(
-                net,
-                rf.prepare_inputs(val, self.settings["input"]),
-                val,
-                device,
-                self.settings["tile_size"],
-                self.settings["tile_overlap"],
-            )
-            state.best_maps = result[1]
+            state.best_maps = held_out(net)[1]
         if extra and val and state.best_maps and not hurry:
             self.threshold, threshold_cases = self._pooled_threshold(
                 net, device, val, state.best_maps, extra
