@@ -11,9 +11,8 @@ for a comparison bench.
         --set checkpoint_dir=runs/resnet34-full/ckpt
 
 scores the best epoch so far of a fit that is still running (or was cut off),
-without training: its checkpoint is copied to a temporary folder and resumed there
-with a time budget already spent, so the running fit and its checkpoint are left
-as they are.
+without training (`ResNetUNet.from_checkpoint`): the checkpoint is only read, so
+the running fit and its checkpoint are left as they are.
 """
 
 from __future__ import annotations
@@ -21,9 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,15 +43,25 @@ def drive_dir() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "data" / "DRIVE"
 
 
-def bench_row(train_cases, test_cases, preset: str = "quick", **settings):
+def bench_row(
+    train_cases, test_cases, preset: str = "quick", snapshot: bool = False, **settings
+):
     """Train on ``train_cases``, score ``test_cases``: ``(name, figures, model)``.
+
+    With ``snapshot``, the model is the best epoch of the checkpoint in
+    ``settings["checkpoint_dir"]`` instead of a new fit.
 
     ``figures`` holds the test Report's ``mean`` and ``pooled`` figures, the
     threshold, the training wall time and the prediction seconds per image.
     """
-    model = ResNetUNet(preset=preset, **settings)
     start = time.perf_counter()
-    model.fit(train_cases, on_progress=log_progress(logger))
+    if snapshot:
+        model = ResNetUNet.from_checkpoint(
+            settings["checkpoint_dir"], train_cases, preset=preset, **settings
+        )
+    else:
+        model = ResNetUNet(preset=preset, **settings)
+        model.fit(train_cases, on_progress=log_progress(logger))
     fit_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -99,29 +106,25 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = dict(_parse_setting(text) for text in args.set)
     source = settings.get("checkpoint_dir")
-    with tempfile.TemporaryDirectory(prefix="snapshot-") as tmp:
-        asked = settings
-        if args.snapshot:  # checked before the data is read
-            settings = _snapshot_settings(settings, Path(tmp))
-        found = io.discover(args.data or drive_dir())
-        train = with_masks(split_cases(found.cases, "train"))
-        test = with_masks(split_cases(found.cases, "test"))
-        logger.info(
-            "%d training and %d test cases; settings %s", len(train), len(test), asked
+    if args.snapshot:  # checked before the data is read
+        _check_snapshot(source)
+    found = io.discover(args.data or drive_dir())
+    train = with_masks(split_cases(found.cases, "train"))
+    test = with_masks(split_cases(found.cases, "test"))
+    logger.info(
+        "%d training and %d test cases; settings %s", len(train), len(test), settings
+    )
+    try:
+        name, figures, model = bench_row(
+            train, test, args.preset, args.snapshot, **settings
         )
-        name, figures, model = bench_row(train, test, args.preset, **settings)
-        if args.snapshot:
-            if not model.meta["epochs_run"]:
-                raise SystemExit(
-                    f"--snapshot: {source}'s checkpoint was written by a fit with "
-                    "other settings or cases (the preset and --set values must be "
-                    "the run's own); nothing was scored or saved"
-                )
-            model.meta["snapshot_of"] = str(source)
-            # the run's own settings, not the temporary copy's spent budget
-            own = ResNetUNet(preset=args.preset, **asked).settings
-            for key in ("checkpoint_dir", "resume", "max_minutes"):
-                model.settings[key] = model.meta["settings"][key] = own[key]
+    except ValueError as exc:
+        if not args.snapshot:
+            raise
+        raise SystemExit(
+            f"--snapshot: {exc} (the preset and --set values must be the run's "
+            "own); nothing was scored or saved"
+        ) from exc
     if args.out:
         folder = store.save_model(model, args.out, overwrite=True)
         logger.info("saved to %s", folder)
@@ -143,12 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _snapshot_settings(settings: dict, tmp: Path) -> dict:
-    """Settings that resume a copy of ``checkpoint_dir``'s checkpoint in ``tmp``
-    and stop before the first batch (`bench_row` then keeps its best epoch)."""
+def _check_snapshot(folder: str | None) -> None:
+    """Refuse a snapshot without a checkpoint, before any data is read."""
     from vessel_core._resnet_fit import CHECKPOINT_FILE
 
-    folder = settings.get("checkpoint_dir")
     if not folder:
         raise SystemExit("--snapshot needs --set checkpoint_dir=FOLDER")
     source = Path(folder) / CHECKPOINT_FILE
@@ -157,9 +158,6 @@ def _snapshot_settings(settings: dict, tmp: Path) -> dict:
             f"--snapshot: {source} does not exist (relative paths start in "
             f"{Path.cwd()})"
         )
-    shutil.copy2(source, tmp / CHECKPOINT_FILE)
-    # a budget spent before the first batch: no training, no checkpoint written
-    return {**settings, "checkpoint_dir": str(tmp), "resume": True, "max_minutes": 1e-9}
 
 
 def _parse_setting(text: str) -> tuple[str, object]:

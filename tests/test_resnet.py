@@ -287,6 +287,23 @@ def test_checkpoint_resume_runs_only_the_missing_epochs(cases, tmp_path):
     assert first.meta["epochs_run"] == 1
     assert (tmp_path / CHECKPOINT_FILE).is_file()
 
+    # the checkpoint as a model, without training: the fit's own best epoch
+    written = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    snap = ResNetUNet.from_checkpoint(tmp_path, cases, **settings)
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == written
+    assert snap.meta["snapshot_of"] == str(tmp_path)
+    assert snap.meta["best_epoch"] == first.meta["best_epoch"]
+    assert snap.threshold == pytest.approx(first.threshold)
+    np.testing.assert_allclose(
+        snap.predict_proba(cases[0]), first.predict_proba(cases[0]), atol=1e-6
+    )
+    with pytest.raises(ValueError, match=r"seed=0 \(here 1\)"):
+        ResNetUNet.from_checkpoint(tmp_path, cases, **{**settings, "seed": 1})
+    with pytest.raises(ValueError, match="other training cases"):
+        ResNetUNet.from_checkpoint(tmp_path, cases[1:], **settings)
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt does not exist"):
+        ResNetUNet.from_checkpoint(tmp_path / "none", cases, **settings)
+
     events = []
     second = ResNetUNet(**settings, resume=True).fit(cases, on_progress=events.append)
     batches = [e.done for e in events if e.step == "batch"]

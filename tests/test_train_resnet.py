@@ -1,4 +1,5 @@
-"""bench/train_resnet.py --snapshot: the best epoch so far, the fit left alone."""
+"""bench/train_resnet.py --snapshot (`ResNetUNet.from_checkpoint`): the best epoch
+so far, the fit left alone."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def test_a_snapshot_scores_the_best_epoch_and_leaves_the_checkpoint(tmp_path, ca
 
     # another fit's settings: refused, not a model of random weights
     other = [*base, "--set", "crops_per_epoch=12", "--snapshot"]
-    with pytest.raises(SystemExit, match="written by a fit with other settings"):
+    with pytest.raises(SystemExit, match="written by a fit with other settings") as e:
         main([*other, "--out", str(tmp_path / "wrong")])
+    assert "crops_per_epoch=8 (here 12)" in str(e.value)  # it says what differs
     assert not (tmp_path / "wrong").exists()
     assert digest(checkpoint) == before
 

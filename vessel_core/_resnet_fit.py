@@ -390,14 +390,36 @@ def load_checkpoint(folder: Path, identity: dict) -> dict | None:
     path = folder / CHECKPOINT_FILE
     if not path.is_file():
         return None
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if data.get("identity") != identity:
-        logger.warning(
-            "%s was written by a fit with other settings or cases; starting afresh",
-            path,
-        )
+    data = read_checkpoint(path)
+    mismatch = identity_mismatch(data.get("identity"), identity)
+    if mismatch:
+        logger.warning("%s was written by %s; starting afresh", path, mismatch)
         return None
     return data
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file's contents (tensors on the CPU)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def identity_mismatch(found: dict | None, wanted: dict) -> str:
+    """How the fit that wrote a checkpoint (``found``) differs from ``wanted``:
+    ``""`` when it is the same fit, else a phrase naming what differs."""
+    if found == wanted:
+        return ""
+    if not isinstance(found, dict):
+        return "an unknown fit"
+    have, want = found.get("settings") or {}, wanted["settings"]
+    differ = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    parts = [
+        f"{k}={have.get(k)!r} (here {want.get(k)!r})" for k in differ[:6]
+    ] + (["..."] if len(differ) > 6 else [])
+    if found.get("train_fingerprint") != wanted["train_fingerprint"]:
+        parts.append("other training cases")
+    if found.get("val_fingerprint") != wanted["val_fingerprint"]:
+        parts.append("other held-out cases")
+    return "a fit with other settings or cases: " + ", ".join(parts or ["?"])
 
 
 def restore(learn: Learner, state: FitState, data: dict) -> int:
@@ -405,6 +427,11 @@ def restore(learn: Learner, state: FitState, data: dict) -> int:
     learn.model.load_state_dict(data["model"])
     learn.create_opt()
     learn.opt.load_state_dict(data["opt"])  # torch moves the state to the weights
+    return restore_state(state, data)
+
+
+def restore_state(state: FitState, data: dict) -> int:
+    """Load a checkpoint's best epoch and history into ``state``; the epochs run."""
     state.best_state = data["best_state"]
     state.best_epoch = int(data["best_epoch"])
     state.best_key = tuple(float(v) for v in data["best_key"])

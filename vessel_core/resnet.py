@@ -407,6 +407,68 @@ class ResNetUNet:
         )
         return self
 
+    @classmethod
+    def from_checkpoint(
+        cls, folder: str | Path, cases: Sequence[Case], **settings: Any
+    ) -> ResNetUNet:
+        """The best epoch so far of a checkpointed fit, as a model, without training.
+
+        Reads ``folder``'s checkpoint and leaves it as it is, so a fit that is
+        still running there goes on undisturbed.
+
+        Parameters
+        ----------
+        folder : str or Path
+            The ``checkpoint_dir`` of the fit.
+        cases : sequence of Case
+            The cases that fit was given; the held-out ones are predicted again
+            for the threshold and the int8 ranges.
+        **settings
+            The fit's own settings (preset included); ``checkpoint_dir`` is
+            ``folder``.
+
+        Returns
+        -------
+        ResNetUNet
+            Trained, with ``meta["snapshot_of"]`` naming ``folder``.
+
+        Raises
+        ------
+        FileNotFoundError
+            No checkpoint in ``folder``.
+        ValueError
+            The checkpoint was written by a fit with other settings or cases.
+        """
+        from vessel_core import _resnet_fit as rf
+        from vessel_core import _resnet_net as rn
+
+        model = cls(**{**settings, "checkpoint_dir": str(folder)})
+        path = Path(folder) / rf.CHECKPOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        s = model.settings
+        started = time.monotonic()
+        train, val = model._split(cases)
+        data = rf.read_checkpoint(path)
+        mismatch = rf.identity_mismatch(
+            data.get("identity"), model._identity(train, val)
+        )
+        if mismatch:
+            raise ValueError(f"{path} was written by {mismatch}")
+        state = rf.FitState()
+        rf.restore_state(state, data)
+        if state.best_state is None:  # no held-out case: the last weights
+            state.best_state = data["model"]
+        device = model._device()
+        policy = model._thread_policy(device)
+        if policy is not None:
+            policy.update(force=True)
+        net = rn.build_unet(_arch(s), None, seed=s["seed"]).to(device)
+        weight_file = rn.resolve_pretrained(s["pretrained"])
+        model._finish(net, state, val, device, None, weight_file, train, started)
+        model.meta["snapshot_of"] = str(folder)
+        return model
+
     def _split(self, cases: Sequence[Case]) -> tuple[list[Case], list[Case]]:
         """Training and held-out cases (``val_cases`` of them, chosen by seed)."""
         cases = with_masks(cases)
