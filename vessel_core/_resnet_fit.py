@@ -412,9 +412,9 @@ def identity_mismatch(found: dict | None, wanted: dict) -> str:
         return "an unknown fit"
     have, want = found.get("settings") or {}, wanted["settings"]
     differ = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-    parts = [
-        f"{k}={have.get(k)!r} (here {want.get(k)!r})" for k in differ[:6]
-    ] + (["..."] if len(differ) > 6 else [])
+    parts = [f"{k}={have.get(k)!r} (here {want.get(k)!r})" for k in differ[:6]]
+    if len(differ) > 6:
+        parts.append("...")
     if found.get("train_fingerprint") != wanted["train_fingerprint"]:
         parts.append("other training cases")
     if found.get("val_fingerprint") != wanted["val_fingerprint"]:
