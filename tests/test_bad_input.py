@@ -405,6 +405,33 @@ def test_zip_members_that_climb_out_refuse_the_archive(tmp_path, member, problem
         load_files([("bad.zip", archive.read_bytes())])
 
 
+def test_a_refused_archive_is_told_with_the_other_uploads_problems():
+    bad = make_zip({**good_members(), "../evil.png": encode(vessel())})
+    worse = make_zip({"/etc/evil.png": encode(vessel())})
+    small = encode(vessel()[:20, :20])  # a vessel mask the wrong size for b.png
+    files = [
+        ("bad.zip", bad),
+        ("images/b.png", encode(fundus())),
+        ("labels/b.png", small),
+        ("notes.txt", b"hello"),
+    ]
+    with pytest.raises(LoadError) as info:
+        load_files(files)
+    text = str(info.value)
+    assert "nothing was loaded, because of 2 problems:" in text
+    assert "'bad.zip': member '../evil.png' points outside the archive" in text
+    assert "b.png" in text.split("\n  - ")[2]  # the size mismatch, its own bullet
+    assert "Also not used" in text and "notes.txt" in text
+
+    # two archives refused and nothing else: both are told
+    with pytest.raises(LoadError, match="because of 2 problems") as info:
+        load_files([("bad.zip", bad), ("worse.zip", worse)])
+    assert "worse.zip" in str(info.value) and "bad.zip" in str(info.value)
+    # one alone: its own message, as before
+    with pytest.raises(LoadError, match=r"^'bad\.zip': member"):
+        load_files([("bad.zip", bad)])
+
+
 def test_nested_archives_are_reported_not_opened(tmp_path):
     inner = make_zip({"images/x.png": encode(fundus()), "labels/x.png": b"?"})
     outer = make_zip(

@@ -1129,8 +1129,15 @@ class _Problems:
             raise LoadError(message)
 
 
-def _build(entries: list[_Entry], where: str) -> Discovery:
-    """Classify, pair and read the files of one folder/archive/upload."""
+def _build(
+    entries: list[_Entry], where: str, refused: Sequence[LoadError] = ()
+) -> Discovery:
+    """Classify, pair and read the files of one folder/archive/upload.
+
+    ``refused`` holds the errors of uploads refused before any of their files
+    could be listed (a ZIP archive with a member outside it, say); they stop
+    the load like the problems found here, and are told with them.
+    """
     unpaired: list[Unpaired] = []
     images_like = []
     for entry in entries:
@@ -1166,6 +1173,8 @@ def _build(entries: list[_Entry], where: str) -> Discovery:
         slot.setdefault(named.role, []).append((entry, named))
 
     problems = _Problems()
+    for exc in refused:
+        problems.add(exc)
     built = []
     any_vessel = any(
         "vessel_mask" in g or "second_observer" in g for g in groups.values()
@@ -1538,6 +1547,7 @@ def load_files(files: Sequence[tuple[str, bytes]]) -> Discovery:
         raise LoadError("no files given: expected images and masks, or a ZIP archive")
 
     entries: list[_Entry] = []
+    refused: list[LoadError] = []  # archives refused whole, told with the rest
     seen: set[str] = set()
     for name, data in files:
         posix = str(name).replace("\\", "/").lstrip("/")
@@ -1549,14 +1559,17 @@ def load_files(files: Sequence[tuple[str, bytes]]) -> Discovery:
             prefix = _stem(posix)
             if prefix.lower().endswith(".zip"):
                 prefix = prefix[:-4]
-            entries += _zip_entries(data, posix, prefix=prefix + "/")
+            try:
+                entries += _zip_entries(data, posix, prefix=prefix + "/")
+            except LoadError as exc:
+                refused.append(exc)
         else:
             # empty and broken files are reported with all the others, not alone
             entries.append(
                 _Entry(posix, f"upload:{posix}", lambda data=data: data, _head_of(data))
             )
     where = f"{len(files)} uploaded file(s)"
-    return _discover_entries(entries, where)
+    return _discover_entries(entries, where, refused)
 
 
 def second_observer(path: str | os.PathLike) -> dict[str, NDArray[np.bool_]]:
@@ -1568,10 +1581,19 @@ def second_observer(path: str | os.PathLike) -> dict[str, NDArray[np.bool_]]:
     return discover(path).extra.get("second_observer", {})
 
 
-def _discover_entries(entries: list[_Entry], where: str) -> Discovery:
+def _discover_entries(
+    entries: list[_Entry], where: str, refused: Sequence[LoadError] = ()
+) -> Discovery:
     if not entries:
+        if len(refused) == 1:
+            raise refused[0]
+        if refused:
+            problems = _Problems()
+            for exc in refused:
+                problems.add(exc)
+            problems.raise_if_any(where)
         raise _load_error(f"{where}: no files found, expected fundus images", "nothing")
-    found = _build(entries, where)
+    found = _build(entries, where, refused)
     if not found.cases:
         reasons = "; ".join(
             f"{source_name(u.path)}: {u.reason}" for u in found.unpaired[:5]
