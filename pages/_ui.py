@@ -11,7 +11,6 @@ import math
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from vessel_core import sampling, store
+from vessel_core import compare, sampling, store
 from vessel_core.cases import Case, fingerprint_cases, split_cases, with_masks
 from vessel_core.jobs import Job, JobManager
 from vessel_core.sessions import SessionMemory
@@ -437,11 +436,10 @@ def _load_folder(key: str, path: str):
     return store.load_model(path)
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
-def _predict(model_key: str, case_fp: str, _model, _case: Case):
-    start = time.perf_counter()
-    prob = np.asarray(_model.predict_proba(_case), np.float32)
-    return prob, time.perf_counter() - start
+@st.cache_resource
+def _maps() -> compare.MapCache:
+    """The server's probability maps, by model and case, for every page and thread."""
+    return compare.MapCache()
 
 
 def predict(ref: ModelRef, case: Case) -> tuple[np.ndarray, float]:
@@ -449,35 +447,55 @@ def predict(ref: ModelRef, case: Case) -> tuple[np.ndarray, float]:
 
     Cached by model and case fingerprint: the seconds are those of the first run.
     """
-    return _predict(ref.key, case.fingerprint(), load(ref), case)
+    return _maps().get(
+        (ref.key, case.fingerprint()), lambda: load(ref).predict_proba(case)
+    )
 
 
-def predict_many(
-    refs: Sequence[ModelRef], chosen: Sequence[Case], label: str = "Predicting"
-) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
-    """``{model key: {case id: (prob, seconds)}}`` with a progress bar.
+@st.cache_resource
+def _scorings() -> dict[str, compare.Scoring]:
+    """Each session's comparison being scored (or scored and not yet shown)."""
+    return {}
 
-    A model that fails is reported with `show_error` and left out.
+
+def scoring() -> compare.Scoring | None:
+    """This session's comparison in the background, if there is one."""
+    return _scorings().get(session_id())
+
+
+def start_scoring(
+    refs: Sequence[ModelRef], cases: Sequence[Case], label: dict
+) -> compare.Scoring:
+    """Score ``refs``' models on ``cases`` in a thread that outlives this page.
+
+    Maps come from and go to the server's cache (`predict`), so a scoring cut
+    short goes on from where it was. A model that cannot be loaded is left out
+    with its reason in the result's ``errors``.
     """
-    total = len(refs) * len(chosen)
-    bar = st.progress(0.0, text=f"{label}...")
-    out: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
-    done = 0
+    models, keys, errors = {}, {}, {}
     for ref in refs:
         try:
-            by_case = {}
-            for case in chosen:
-                text = f"{label}: {ref.name} on case {case.id}"
-                bar.progress(done / total, text=text)
-                by_case[case.id] = predict(ref, case)
-                done += 1
+            models[ref.name] = load(ref)
         except Exception as exc:  # one broken model must not hide the others
-            show_error(exc, f"{label} with {ref.name}")
-            done += len(chosen) - len(by_case)
-            continue
-        out[ref.key] = by_case
-    bar.empty()
-    return out
+            logger.warning("loading %s failed: %s", ref.name, exc)
+            errors[ref.name] = f"{type(exc).__name__}: {exc}"
+        keys[ref.name] = ref.key
+    cache = _maps()
+
+    def cached(name: str, model, case: Case):
+        key = (keys[name], case.fingerprint())
+        return cache.get(key, lambda: model.predict_proba(case))
+
+    task = compare.Scoring(models, cases, cached, {**label, "load_errors": errors})
+    _scorings()[session_id()] = task
+    return task
+
+
+def collect_scoring(task: compare.Scoring) -> None:
+    """Let go of a finished scoring (another tab may have done so already)."""
+    board = _scorings()
+    if board.get(session_id()) is task:
+        del board[session_id()]
 
 
 # ---------------------------------------------------------------------------------

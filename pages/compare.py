@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from pages import _ui
-from vessel_core import compare, metrics
+from vessel_core import compare
 from vessel_core.cases import split_cases, with_masks
 
 _ui.through_app()
@@ -52,45 +50,55 @@ with right:
         key=_ui.kept("cmp_cases"),
         persist_state=_ui.KEEP,
     )
+task = _ui.scoring()
+busy = task is not None and not task.finished
 run = st.button(
     "Score the models",
     type="primary",
     key="cmp_run",
-    disabled=not (chosen_models and chosen_ids),
+    disabled=busy or not (chosen_models and chosen_ids),
+    help="Scoring goes on while you look at other pages or reload this one."
+    if busy
+    else None,
 )
 
 if run:
     chosen = [c for c in scorable if c.id in chosen_ids]
-    predictions = _ui.predict_many([refs[m] for m in chosen_models], chosen)
-    reports, seconds = {}, {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        for label in chosen_models:
-            ref = refs[label]
-            if ref.key not in predictions:
-                continue
-            model = _ui.load(ref)
-            by_case = predictions[ref.key]
-            try:
-                reports[ref.name] = metrics.evaluate(
-                    chosen,
-                    {cid: prob for cid, (prob, _) in by_case.items()},
-                    threshold=model.threshold,
-                )
-            except ValueError as exc:
-                _ui.show_error(exc, f"Scoring {ref.name}")
-                continue
-            seconds[ref.name] = sum(s for _, s in by_case.values()) / len(by_case)
-        baseline = compare.AllBackground()
-        reports[compare.ALL_BACKGROUND] = metrics.evaluate(
-            chosen, [baseline.predict_proba(c) for c in chosen]
+    task = _ui.start_scoring(
+        [refs[m] for m in chosen_models],
+        chosen,
+        {"models": chosen_models, "cases": chosen_ids},
+    )
+
+if task is not None:
+    if not task.finished:
+        if st.button("Stop scoring", key="cmp_stop", icon=":material/stop:"):
+            task.stop()
+        bar = st.progress(0.0, text="Scoring...")
+        while not task.wait(0.3):  # a reload or another page ends only this wait
+            event = task.progress
+            bar.progress(
+                event.fraction,
+                text=f"Scoring map {min(event.done + 1, task.total)} of {task.total}: "
+                f"{event.message}",
+            )
+        bar.empty()
+    _ui.collect_scoring(task)
+    scored = task.result
+    if scored.stopped:
+        st.warning(
+            "Scoring stopped; the figures below, if any, are from before. The maps "
+            "already computed are kept: pressing the button again goes on from there."
         )
-    st.session_state[RESULT] = {
-        "models": chosen_models,
-        "cases": chosen_ids,
-        "reports": reports,
-        "seconds": seconds,
-    }
+    else:
+        errors = {**task.label["load_errors"], **scored.errors}
+        st.session_state[RESULT] = {
+            "models": task.label["models"],
+            "cases": task.label["cases"],
+            "reports": scored.reports,
+            "seconds": scored.seconds,
+            "errors": errors,
+        }
 
 result = st.session_state.get(RESULT)
 if result is None:
@@ -98,6 +106,9 @@ if result is None:
     _ui.stop_page()
 if result["models"] != chosen_models or result["cases"] != chosen_ids:
     st.warning("The figures below are for an earlier choice; press the button again.")
+
+for name, why in result.get("errors", {}).items():
+    st.error(_ui.as_text(f"Scoring {name} failed: {why}"))
 
 reports = result["reports"]
 which = st.radio(

@@ -721,6 +721,56 @@ def test_compare_page_pickers_start_from_the_kept_comparison(
     assert list(again.table[0].value.index) == ["knn-sample", "all background"]
 
 
+def test_a_comparison_being_scored_goes_on_across_a_reload(
+    sample, sample_models, monkeypatch
+):
+    import threading
+
+    from pages import _ui
+    from vessel_core import compare
+
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
+    at = app("pages/compare.py", cases=sample, dataset="built-in sample")
+    sid = at.session_state["session_id"]
+    label = "knn-sample (knn, saved)"
+    model = store.load_model(sample_models / "knn-sample")
+    gate = threading.Event()
+
+    class Held:  # the model, held back until the reload has found the scoring
+        threshold = model.threshold
+
+        def predict_proba(self, case):
+            gate.wait(30)
+            return model.predict_proba(case)
+
+    # as the button starts it; the page that started it is gone (a reload)
+    test_cases = [c for c in sample if c.id == "synth-04"]
+    task = compare.Scoring(
+        {"knn-sample": Held()},
+        test_cases,
+        label={"models": [label], "cases": ["synth-04"], "load_errors": {}},
+    )
+    _ui._scorings()[sid] = task
+    threading.Timer(1.0, gate.set).start()
+    again = reloaded(at, page="pages/compare.py")
+    assert again.session_state["session_id"] == sid
+    assert task.finished and sid not in _ui._scorings()
+    assert list(again.table[0].value.index) == ["knn-sample", "all background"]
+    assert again.session_state["compare_result"]["models"] == [label]
+
+    # stopped (before its second map at the latest): said so, nothing kept from it
+    # (AppTest remembers a session on its first run only: the memory is not checked)
+    gate.clear()
+    two = [c for c in sample if c.id in ("synth-03", "synth-04")]
+    task = compare.Scoring({"knn-sample": Held()}, two, label=task.label)
+    _ui._scorings()[sid] = task
+    task.stop()
+    gate.set()
+    again = reloaded(again, page="pages/compare.py")
+    assert "Scoring stopped" in texts(again.warning)
+    assert sid not in _ui._scorings()
+
+
 def test_an_address_naming_the_session_twice_keeps_it_once(sample):
     at = app(cases=sample, dataset="built-in sample")
     sid = at.session_state["session_id"]

@@ -1,18 +1,23 @@
-"""The all-background baseline and the comparison tables, on a tiny case."""
+"""The all-background baseline, scoring several models and the comparison tables."""
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
 
 from vessel_core.cases import Case
 from vessel_core.compare import (
+    ALL_BACKGROUND,
     TABLE_METRICS,
     AllBackground,
+    MapCache,
+    Scoring,
     notes_by_model,
     per_case_rows,
+    score_models,
     summary_rows,
 )
 from vessel_core.metrics import evaluate
@@ -61,3 +66,90 @@ def test_notes_are_grouped_under_their_model(case):
     assert list(notes) == ["nothing"]  # a model without notes is left out
     assert notes["nothing"] == background.notes
     assert any(n.startswith("case c:") and "precision" in n for n in notes["nothing"])
+
+
+# -- scoring several models -------------------------------------------------------
+
+
+class Truth:
+    """A model that predicts the manual mask (optionally slowly, or not at all)."""
+
+    threshold = 0.5
+
+    def __init__(self, gate=None, broken=False):
+        self.gate, self.broken, self.calls = gate, broken, 0
+
+    def predict_proba(self, case):
+        self.calls += 1
+        if self.gate is not None:
+            assert self.gate.wait(10), "the test never opened the gate"
+        if self.broken:
+            raise RuntimeError("weights missing")
+        return case.vessel_mask.astype(np.float32)
+
+
+def test_score_models_leaves_a_broken_model_out_and_adds_the_baseline(case):
+    events = []
+    scored = score_models(
+        {"truth": Truth(), "broken": Truth(broken=True)},
+        [case, case],
+        on_progress=events.append,
+    )
+    assert list(scored.reports) == ["truth", ALL_BACKGROUND]
+    assert scored.reports["truth"].mean["f1"] == 1.0
+    assert scored.errors == {"broken": "RuntimeError: weights missing"}
+    assert set(scored.seconds) == {"truth"} and not scored.stopped
+    assert [e.done for e in events if e.step == "predict"] == [0, 1, 2]
+    assert events[-1].step == "done" and events[-1].done == 4
+
+
+def test_score_models_stops_before_the_next_map(case):
+    stop = threading.Event()
+    truth = Truth()
+
+    def predict(name, model, c):
+        stop.set()  # asked during the first map
+        return model.predict_proba(c), 0.0
+
+    scored = score_models({"truth": truth}, [case, case], predict, stop=stop)
+    assert scored.stopped and scored.reports == {} and truth.calls == 1
+
+
+def test_a_scoring_runs_in_its_own_thread_and_can_be_stopped(case):
+    gate = threading.Event()
+    task = Scoring({"truth": Truth(gate)}, [case, case], label={"who": "me"})
+    assert not task.finished and task.total == 2 and task.label == {"who": "me"}
+    assert not task.wait(0.05)
+    assert task.progress.message == "truth on case c"
+    gate.set()
+    assert task.wait(10)
+    assert list(task.result.reports) == ["truth", ALL_BACKGROUND]
+
+    stopped = threading.Event()
+    task = Scoring({"truth": Truth(stopped)}, [case, case])
+    task.stop()
+    stopped.set()
+    assert task.wait(10) and task.result.stopped
+
+
+def test_map_cache_computes_once_and_drops_the_oldest_past_its_bytes():
+    cache = MapCache(max_bytes=2 * 400)  # two 10x10 float32 maps
+    calls = []
+
+    def compute(value):
+        def make():
+            calls.append(value)
+            return np.full((10, 10), value, np.float32)
+
+        return make
+
+    first, seconds = cache.get("a", compute(1))
+    again, same_seconds = cache.get("a", compute(9))
+    assert again is first and same_seconds == seconds and calls == [1]
+    assert not first.flags.writeable  # shared between threads and pages
+    cache.get("b", compute(2))
+    cache.get("a", compute(9))  # a is now the most recent
+    cache.get("c", compute(3))  # past the bound: b, the oldest, goes
+    assert len(cache) == 2 and calls == [1, 2, 3]
+    assert cache.get("a", compute(9))[0][0, 0] == 1
+    assert cache.get("b", compute(4))[0][0, 0] == 4

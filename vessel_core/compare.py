@@ -1,12 +1,21 @@
-"""Putting several models side by side: the all-background baseline and tables.
+"""Putting several models side by side: the all-background baseline, scoring and
+tables.
 
-Scores come from `vessel_core.metrics.evaluate`; this module only arranges its
-reports into rows for tables and charts.
+Scores come from `vessel_core.metrics.evaluate`. `score_models` scores several
+models on the same cases (one failing model does not hide the others), `Scoring`
+runs it in a thread that outlives a page's script, and `MapCache` keeps maps
+between runs; the rest arranges reports into rows for tables and charts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +23,9 @@ from numpy.typing import NDArray
 
 from vessel_core.cases import Case
 from vessel_core.metrics import Report
+from vessel_core.progress import Progress, ProgressCallback, emit, should_stop
+
+logger = logging.getLogger(__name__)
 
 #: The figures shown for each model, in this order.
 TABLE_METRICS = (
@@ -92,3 +104,222 @@ def notes_by_model(reports: Mapping[str, Report]) -> dict[str, list[str]]:
     precision, mcc undefined (...)"``); side by side they must say whose they are.
     """
     return {name: list(r.notes) for name, r in reports.items() if r.notes}
+
+
+# ---------------------------------------------------------------------------------
+# Scoring several models, in the background
+
+
+class MapCache:
+    """Probability maps by key, with the seconds each took; shared by threads.
+
+    Bounded by the bytes of the maps it holds (least recently used go first), so
+    a few HRF-sized maps cannot fill the memory the way a count bound would let
+    them.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        self.max_bytes = int(max_bytes)
+        self._maps: OrderedDict[Hashable, tuple[NDArray[np.float32], float]] = (
+            OrderedDict()
+        )
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(
+        self, key: Hashable, compute: Callable[[], NDArray]
+    ) -> tuple[NDArray[np.float32], float]:
+        """The map under ``key``, computed (and timed) by ``compute`` if missing.
+
+        Two threads asking for one missing key may both compute it; the maps
+        are the same.
+        """
+        with self._lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
+        start = time.perf_counter()
+        prob = np.asarray(compute(), np.float32)
+        prob.setflags(write=False)  # shared: nobody may change it
+        entry = (prob, time.perf_counter() - start)
+        with self._lock:
+            if key not in self._maps:
+                self._maps[key] = entry
+                self._bytes += prob.nbytes
+            while self._bytes > self.max_bytes and len(self._maps) > 1:
+                _, (old, _) = self._maps.popitem(last=False)
+                self._bytes -= old.nbytes
+        return entry
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._maps)
+
+
+#: ``predict(name, model, case) -> (probability map, seconds)``
+Predictor = Callable[[str, Any, Case], tuple[NDArray[np.float32], float]]
+
+
+def _timed(name: str, model: Any, case: Case) -> tuple[NDArray[np.float32], float]:
+    start = time.perf_counter()
+    prob = np.asarray(model.predict_proba(case), np.float32)
+    return prob, time.perf_counter() - start
+
+
+@dataclass
+class Scored:
+    """What `score_models` found.
+
+    Attributes
+    ----------
+    reports : dict of model name to Report
+        The models that were scored, then `ALL_BACKGROUND`.
+    seconds : dict of model name to float
+        Seconds per image (as first predicted: a cached map keeps its time).
+    errors : dict of model name to str
+        Why a model was left out.
+    stopped : bool
+        A stop request ended the scoring; ``reports`` is then empty.
+    """
+
+    reports: dict[str, Report] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    stopped: bool = False
+
+
+def score_models(
+    models: Mapping[str, Any],
+    cases: Sequence[Case],
+    predict: Predictor | None = None,
+    on_progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+) -> Scored:
+    """Score each model on ``cases`` (with vessel masks), then the baseline.
+
+    Parameters
+    ----------
+    models : mapping of name to model
+        Each has ``predict_proba(case)`` and ``threshold``.
+    cases : sequence of Case
+    predict : callable, optional
+        ``predict(name, model, case) -> (map, seconds)``, to cache maps; default
+        times ``model.predict_proba``.
+    on_progress : callable, optional
+        A ``"predict"`` event before each (model, case) map.
+    stop : threading.Event, optional
+        Checked before each map: the scoring ends, ``stopped`` and empty.
+
+    A model that fails (to predict or to be scored) is left out, with the
+    reason in ``errors``; the others are still scored.
+    """
+    from vessel_core import metrics
+
+    predict = predict or _timed
+    out = Scored()
+    total, done = len(models) * len(cases), 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        for name, model in models.items():
+            maps, seconds = {}, 0.0
+            try:
+                for case in cases:
+                    if should_stop(stop):
+                        return Scored(stopped=True)
+                    emit(
+                        on_progress,
+                        Progress(
+                            "predict",
+                            done,
+                            total,
+                            message=f"{name} on case {case.id}",
+                        ),
+                    )
+                    maps[case.id], took = predict(name, model, case)
+                    seconds += took
+                    done += 1
+                out.reports[name] = metrics.evaluate(
+                    cases, maps, threshold=model.threshold
+                )
+                out.seconds[name] = seconds / max(len(cases), 1)
+            except Exception as exc:  # one broken model must not hide the others
+                logger.warning("scoring %s failed: %s", name, exc)
+                out.errors[name] = (
+                    str(exc)
+                    if isinstance(exc, ValueError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                done = (list(models).index(name) + 1) * len(cases)
+        baseline = AllBackground()
+        out.reports[ALL_BACKGROUND] = metrics.evaluate(
+            cases, [baseline.predict_proba(c) for c in cases]
+        )
+    emit(on_progress, Progress("done", total, total, message="scored"))
+    return out
+
+
+class Scoring:
+    """`score_models` in a thread of its own, so that a page may come and go.
+
+    A browser reload or a move to another page ends the page's script, not
+    this thread; the page finds it again (by session) and shows where it is.
+
+    Attributes
+    ----------
+    label : dict
+        What the caller chose (echoed back, e.g. the pickers' values).
+    result : Scored or None
+        Once `finished`.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, Any],
+        cases: Sequence[Case],
+        predict: Predictor | None = None,
+        label: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.label = dict(label or {})
+        self.total = len(models) * len(cases)
+        self.result: Scored | None = None
+        self._last = Progress("predict", 0, self.total, message="starting")
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(dict(models), list(cases), predict),
+            daemon=True,
+            name="vessel-scoring",
+        )
+        self._thread.start()
+
+    def _run(self, models, cases, predict) -> None:
+        try:
+            self.result = score_models(
+                models, cases, predict, self._progress, self._stop
+            )
+        except Exception as exc:  # the baseline or the arguments: told, not lost
+            logger.exception("scoring failed")
+            self.result = Scored(errors={"scoring": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self._done.set()
+
+    def _progress(self, event: Progress) -> None:
+        self._last = event
+
+    @property
+    def progress(self) -> Progress:
+        """The last progress event."""
+        return self._last
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def stop(self) -> None:
+        """Ask the scoring to end before its next map."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until finished (at most ``timeout`` seconds); whether it is."""
+        return self._done.wait(timeout)
