@@ -50,39 +50,35 @@ with right:
         key=_ui.kept("cmp_cases"),
         persist_state=_ui.KEEP,
     )
-task = _ui.scoring()
-busy = task is not None and not task.finished
-run = st.button(
-    "Score the models",
-    type="primary",
-    key="cmp_run",
-    disabled=busy or not (chosen_models and chosen_ids),
-    help="Scoring goes on while you look at other pages or reload this one."
-    if busy
-    else None,
-)
+slot = st.empty()  # the button: drawn once a scoring in hand has ended
+shown = {"stop": False}  # one Stop button a run
 
-if run:
-    chosen = [c for c in scorable if c.id in chosen_ids]
-    task = _ui.start_scoring(
-        [refs[m] for m in chosen_models],
-        chosen,
-        {"models": chosen_models, "cases": chosen_ids},
-    )
 
-if task is not None:
+def follow(task) -> None:
+    """Show a scoring's progress until it ends, then keep its figures."""
     if not task.finished:
-        if st.button("Stop scoring", key="cmp_stop", icon=":material/stop:"):
-            task.stop()
+        slot.button(
+            "Score the models",
+            type="primary",
+            key="cmp_run_busy",
+            disabled=True,
+            help="One scoring at a time: stop this one, or wait for it.",
+        )
+        stop_slot = st.empty()
+        if not shown["stop"]:
+            shown["stop"] = True
+            if stop_slot.button("Stop scoring", key="cmp_stop", icon=":material/stop:"):
+                task.stop()
         bar = st.progress(0.0, text="Scoring...")
         while not task.wait(0.3):  # a reload or another page ends only this wait
             event = task.progress
             bar.progress(
                 event.fraction,
                 text=f"Scoring map {min(event.done + 1, task.total)} of {task.total}: "
-                f"{event.message}",
+                f"{event.message} (it goes on if you leave or reload this page)",
             )
         bar.empty()
+        stop_slot.empty()
     _ui.collect_scoring(task)
     scored = task.result
     if scored.stopped:
@@ -90,15 +86,34 @@ if task is not None:
             "Scoring stopped; the figures below, if any, are from before. The maps "
             "already computed are kept: pressing the button again goes on from there."
         )
-    else:
-        errors = {**task.label["load_errors"], **scored.errors}
-        st.session_state[RESULT] = {
-            "models": task.label["models"],
-            "cases": task.label["cases"],
-            "reports": scored.reports,
-            "seconds": scored.seconds,
-            "errors": errors,
-        }
+        return
+    st.session_state[RESULT] = {
+        "models": task.label["models"],
+        "cases": task.label["cases"],
+        "reports": scored.reports,
+        "seconds": scored.seconds,
+        "errors": {**task.label["load_errors"], **scored.errors},
+    }
+
+
+task = _ui.scoring()
+if task is not None:  # started before a reload, or while on another page
+    follow(task)
+run = slot.button(
+    "Score the models",
+    type="primary",
+    key="cmp_run",
+    disabled=not (chosen_models and chosen_ids),
+)
+if run:
+    chosen = [c for c in scorable if c.id in chosen_ids]
+    follow(
+        _ui.start_scoring(
+            [refs[m] for m in chosen_models],
+            chosen,
+            {"models": chosen_models, "cases": chosen_ids},
+        )
+    )
 
 result = st.session_state.get(RESULT)
 if result is None:
