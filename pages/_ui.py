@@ -136,6 +136,7 @@ def run_page(page) -> None:
     reads it. A page's unexpected error becomes a message, not a traceback.
     """
     session_id()
+    take_in_other_tabs()
     _guard.on = True
     try:
         page.run()
@@ -211,6 +212,28 @@ def remember_session() -> None:
     held = {k: st.session_state[k] for k in keys if k in st.session_state}
     _memory().remember(sid, held, st.session_state.get(SYNCED))
     st.session_state[SYNCED] = held
+
+
+def take_in_other_tabs() -> None:
+    """Take in what another tab on this session changed since this tab last
+    wrote or read, where this tab has not changed it itself (`SessionMemory.news`).
+
+    Run before the page draws, so taken widget values show in their widgets.
+    """
+    sid, before = st.session_state.get(SESSION_ID), st.session_state.get(SYNCED)
+    if sid is None or before is None:
+        return
+    take, drop = _memory().news(sid, st.session_state, before)
+    if not take and not drop:
+        return
+    for key, value in take.items():
+        st.session_state[key] = value
+    for key in drop:
+        st.session_state.pop(key, None)
+    st.session_state[SYNCED] = {
+        **{k: v for k, v in before.items() if k not in drop},
+        **take,
+    }
 
 
 def cases() -> list[Case]:

@@ -227,7 +227,9 @@ def test_a_reload_keeps_the_session(server, browser, shots):
         page.context.close()
 
 
-def test_two_tabs_on_one_session_each_keep_their_own_changes(server, browser):
+def test_two_tabs_on_one_session_each_keep_their_own_changes_and_see_the_others(
+    server, browser
+):
     tab_a = new_page(browser, server)
     try:
         go_to(tab_a, "1. Data")
@@ -245,6 +247,8 @@ def test_two_tabs_on_one_session_each_keep_their_own_changes(server, browser):
         tab_b.get_by_label("Random seed").fill("7")
         tab_b.get_by_label("Random seed").press("Enter")
         settle(tab_b)  # tab B ran last, but changed only the seed
+        # and it took in tab A's image on that run, without a reload
+        tab_b.get_by_text(f"Case {other}:").wait_for()
 
         tab_a.reload()
         tab_a.get_by_text("Welcome back").wait_for()

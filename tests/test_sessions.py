@@ -61,6 +61,28 @@ def test_two_tabs_on_one_session_each_keep_their_own_changes():
     assert memory.recall(sid)["cases"][0].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_a_tab_takes_in_what_another_tab_changed_and_it_did_not():
+    memory = SessionMemory()
+    sid = memory.new_id()
+    images = [object()]
+    memory.remember(sid, {"cases": images, "seed": 7, "image": "01", "gone": 1})
+    tab_a, tab_b = memory.recall(sid), memory.recall(sid)
+    assert memory.news(sid, tab_b, tab_b) == ({}, set())  # nothing new yet
+
+    # tab A loads new data, changes the image, adds a value and drops one
+    other = [object()]
+    now_a = {"cases": other, "seed": 7, "image": "02", "new": "x"}
+    memory.remember(sid, now_a, before=tab_a)
+    # tab B changed the image itself (and nothing else): its own choice stands
+    mine_b = {**tab_b, "image": "03"}
+    take, drop = memory.news(sid, mine_b, tab_b)
+    assert take == {"cases": other, "new": "x"} and take["cases"] is other
+    assert drop == {"gone"}
+    # an unchanged equal copy in tab B is not a change of its own
+    take, _ = memory.news(sid, {**tab_b, "seed": 7}, tab_b)
+    assert "seed" not in take and take["image"] == "02"
+
+
 def test_only_ids_it_gave_out_are_known():
     memory = SessionMemory()
     sid = memory.new_id()

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 #: A session id as `SessionMemory.new_id` makes it.
@@ -90,6 +90,39 @@ class SessionMemory:
                 held.pop(key, None)
             self._seen[sid] = self._clock()
 
+    def news(
+        self, sid: str, mine: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], set[str]]:
+        """What another tab on ``sid`` changed that this tab has not.
+
+        Parameters
+        ----------
+        sid : str
+        mine : mapping
+            What this tab holds now (its session state).
+        before : mapping
+            What it held when it last remembered or recalled.
+
+        Returns
+        -------
+        (dict, set)
+            The values to take in, and the keys to drop: each a key whose kept
+            value differs from ``before`` (another tab changed it) while this
+            tab's own value does not (a change of its own stands, and its next
+            `remember` writes it).
+        """
+        with self._lock:
+            held = dict(self._values.get(sid, {}))
+        take: dict[str, Any] = {}
+        drop: set[str] = set()
+        for key in held.keys() | before.keys():
+            if _differs(held, before, key) and not _differs(mine, before, key):
+                if key in held:
+                    take[key] = held[key]
+                else:
+                    drop.add(key)
+        return take, drop
+
     def recall(self, sid: str) -> dict[str, Any]:
         """A copy of what session ``sid`` kept ({} for an unknown one)."""
         with self._lock:
@@ -108,6 +141,13 @@ class SessionMemory:
         for sid in [s for s, t in self._seen.items() if now - t > self.timeout]:
             del self._seen[sid]
             self._values.pop(sid, None)
+
+
+def _differs(values: Mapping[str, Any], before: Mapping[str, Any], key: str) -> bool:
+    """Whether ``values`` holds ``key`` otherwise than ``before`` does."""
+    if (key in values) != (key in before):
+        return True
+    return key in values and not _same(before[key], values[key])
 
 
 def _same(a: Any, b: Any) -> bool:
