@@ -50,42 +50,15 @@ with right:
         key=_ui.kept("cmp_cases"),
         persist_state=_ui.KEEP,
     )
-slot = st.empty()  # the button: drawn once a scoring in hand has ended
-shown = {"stop": False}  # one Stop button a run
+STOPPED_NOTE = "cmp_stopped_note"  # said once, on the run after a stop
 
 
-def follow(task) -> None:
-    """Show a scoring's progress until it ends, then keep its figures."""
-    if not task.finished:
-        slot.button(
-            "Score the models",
-            type="primary",
-            key="cmp_run_busy",
-            disabled=True,
-            help="One scoring at a time: stop this one, or wait for it.",
-        )
-        stop_slot = st.empty()
-        if not shown["stop"]:
-            shown["stop"] = True
-            if stop_slot.button("Stop scoring", key="cmp_stop", icon=":material/stop:"):
-                task.stop()
-        bar = st.progress(0.0, text="Scoring...")
-        while not task.wait(0.3):  # a reload or another page ends only this wait
-            event = task.progress
-            bar.progress(
-                event.fraction,
-                text=f"Scoring map {min(event.done + 1, task.total)} of {task.total}: "
-                f"{event.message} (it goes on if you leave or reload this page)",
-            )
-        bar.empty()
-        stop_slot.empty()
+def _keep(task) -> None:
+    """Keep a finished scoring's figures, or note that it was stopped."""
     _ui.collect_scoring(task)
     scored = task.result
     if scored.stopped:
-        st.warning(
-            "Scoring stopped; the figures below, if any, are from before. The maps "
-            "already computed are kept: pressing the button again goes on from there."
-        )
+        st.session_state[STOPPED_NOTE] = True
         return
     st.session_state[RESULT] = {
         "models": task.label["models"],
@@ -96,28 +69,53 @@ def follow(task) -> None:
     }
 
 
+@st.fragment(run_every=1)
+def _progress() -> None:
+    """The scoring's progress bar, redrawn every second; the page when it ends."""
+    task = _ui.scoring()
+    if task is None or task.finished:
+        st.rerun()  # the whole page: its figures, the button, the sidebar
+    event = task.progress
+    st.progress(
+        event.fraction,
+        text=f"Scoring map {min(event.done + 1, task.total)} of {task.total}: "
+        f"{event.message} (it goes on if you leave or reload this page)",
+    )
+
+
 task = _ui.scoring()
-if task is not None:  # started before a reload, or while on another page
-    follow(task)
-run = slot.button(
+if task is not None and task.finished:  # ended while this page was not looking
+    _keep(task)
+    task = None
+run = st.button(
     "Score the models",
     type="primary",
     key="cmp_run",
-    disabled=not (chosen_models and chosen_ids),
+    disabled=task is not None or not (chosen_models and chosen_ids),
+    help="One scoring at a time: stop this one, or wait for it."
+    if task is not None
+    else None,
 )
-if run:
-    chosen = [c for c in scorable if c.id in chosen_ids]
-    follow(
-        _ui.start_scoring(
-            [refs[m] for m in chosen_models],
-            chosen,
-            {"models": chosen_models, "cases": chosen_ids},
-        )
+if run and task is None:
+    task = _ui.start_scoring(
+        [refs[m] for m in chosen_models],
+        [c for c in scorable if c.id in chosen_ids],
+        {"models": chosen_models, "cases": chosen_ids},
+    )
+if task is not None:
+    if st.button("Stop scoring", key="cmp_stop", icon=":material/stop:"):
+        task.stop()
+    _progress()
+if st.session_state.pop(STOPPED_NOTE, False):
+    st.warning(
+        "Scoring stopped; the figures below, if any, are from before. The maps "
+        "already computed are kept: pressing the button again goes on from there."
     )
 
 result = st.session_state.get(RESULT)
 if result is None:
-    st.info("Choose models and test cases, then press **Score the models**.")
+    if task is None:
+        st.info("Choose models and test cases, then press **Score the models**.")
     _ui.stop_page()
 if result["models"] != chosen_models or result["cases"] != chosen_ids:
     st.warning("The figures below are for an earlier choice; press the button again.")

@@ -83,6 +83,25 @@ def run_until(at: AppTest, done, timeout: float = 120.0) -> AppTest:
     return at
 
 
+def score(at: AppTest) -> AppTest:
+    """Press *Score the models* and rerun (as the progress timer would) until the
+    scoring, which runs in a thread of its own, is shown or has failed."""
+    at.button(key="cmp_run").click().run()
+    return scored(at)
+
+
+def scored(at: AppTest) -> AppTest:
+    return run_until(
+        at,
+        lambda at: (
+            "Accuracy alone misleads" in texts(at.warning)
+            or "Scoring stopped" in texts(at.warning)
+            or at.error
+        ),
+        timeout=300,
+    )
+
+
 QUICK_KNN = {"k_max": 5, "n_folds": 3, "max_train_samples": 2000, "threshold_cases": 3}
 
 
@@ -356,7 +375,7 @@ def test_compare_page_scores_models_next_to_the_all_background_baseline(
         "knn-sample (knn, saved)",
     ]
     assert at.multiselect(key="cmp_cases").value == ["synth-04"]
-    at.button(key="cmp_run").click().run()
+    score(at)
     assert not at.exception and not at.error, as_drawn(at.error)
 
     table = at.table[0].value
@@ -419,7 +438,7 @@ def test_drive_cases_from_training_to_results(drive_root, models_dir):
 
     at.switch_page("pages/compare.py").run()
     assert at.multiselect(key="cmp_cases").value == ["01"]
-    at.button(key="cmp_run").click().run()
+    score(at)
     assert not at.error, as_drawn(at.error)
     table = at.table[0].value
     assert list(table.index) == ["knn-DRIVE", "all background"]
@@ -613,7 +632,7 @@ def test_compare_page_notes_name_the_model_they_concern(
 ):
     monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
     at = app("pages/compare.py", cases=sample, dataset="built-in sample")
-    at.button(key="cmp_run").click().run()
+    score(at)
     assert not at.exception and not at.error, as_drawn(at.error)
     notes = next(e for e in at.expander if "on undefined figures" in e.label)
     assert notes.label.endswith("from all background")
@@ -710,7 +729,7 @@ def test_compare_page_pickers_start_from_the_kept_comparison(
     at = app("pages/compare.py", cases=sample, dataset="built-in sample")
     at.multiselect(key="cmp_models").set_value(["knn-sample (knn, saved)"])
     at.multiselect(key="cmp_cases").set_value(["synth-01", "synth-04"])
-    at.button(key="cmp_run").click().run()
+    score(at)
     kept = at.session_state["compare_result"]
 
     # a reload brings the result back, but not the pickers' own state
@@ -752,7 +771,7 @@ def test_a_comparison_being_scored_goes_on_across_a_reload(
     )
     _ui._scorings()[sid] = task
     threading.Timer(1.0, gate.set).start()
-    again = reloaded(at, page="pages/compare.py")
+    again = scored(reloaded(at, page="pages/compare.py"))
     assert again.session_state["session_id"] == sid
     assert task.finished and sid not in _ui._scorings()
     assert list(again.table[0].value.index) == ["knn-sample", "all background"]
@@ -766,7 +785,7 @@ def test_a_comparison_being_scored_goes_on_across_a_reload(
     _ui._scorings()[sid] = task
     task.stop()
     gate.set()
-    again = reloaded(again, page="pages/compare.py")
+    again = scored(reloaded(again, page="pages/compare.py"))
     assert "Scoring stopped" in texts(again.warning)
     assert sid not in _ui._scorings()
 
