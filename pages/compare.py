@@ -24,10 +24,17 @@ if not refs:
     _ui.stop_page()
 
 scorable = with_masks(loaded)
-default_cases = [c.id for c in with_masks(split_cases(loaded, "test"))] or [
-    c.id for c in scorable
-]
+test_ids = [c.id for c in with_masks(split_cases(loaded, "test"))]
+default_cases = test_ids or [c.id for c in scorable]
 default_models = list(refs)[:4]
+# a model that appeared since this session last looked joins the comparison
+known = st.session_state.get("cmp_known_models")
+added = [m for m in refs if known is not None and m not in known]
+st.session_state["cmp_known_models"] = list(refs)
+if added and "cmp_models" in st.session_state:
+    st.session_state["cmp_models"] = [
+        m for m in st.session_state["cmp_models"] if m in refs
+    ] + added
 kept = st.session_state.get(RESULT)
 if kept is not None:  # after a reload the pickers start from the kept comparison
     default_models = [m for m in kept["models"] if m in refs] or default_models
@@ -43,12 +50,22 @@ with left:
         persist_state=_ui.KEEP,
     )
 with right:
+    split_of = {c.id: c.split for c in scorable}
     chosen_ids = st.multiselect(
-        "Test cases (with a vessel mask)",
+        "Cases to score (with a vessel mask)",
         [c.id for c in scorable],
         default=default_cases,
         key=_ui.kept("cmp_cases"),
         persist_state=_ui.KEEP,
+        format_func=lambda cid: cid if split_of[cid] == "test" else f"{cid} (train)",
+    )
+if added:
+    st.caption("Added to the comparison: " + ", ".join(_ui.plain(m) for m in added))
+if not test_ids:
+    st.info(
+        "No test case with a vessel mask is loaded, so the training cases are "
+        "offered: scores on a model's own training cases are optimistic. Set some "
+        "cases to the test split on the Data page, and train without them."
     )
 STOPPED_NOTE = "cmp_stopped_note"  # said once, on the run after a stop
 
@@ -122,6 +139,20 @@ if result["models"] != chosen_models or result["cases"] != chosen_ids:
 
 for name, why in result.get("errors", {}).items():
     st.error(_ui.as_text(f"Scoring {name} failed: {why}"))
+by_name = {r.name: r for r in refs.values()}
+for name in result["reports"]:
+    if name not in by_name:
+        continue
+    try:
+        own = compare.trained_on(_ui.load(by_name[name]), result["cases"])
+    except Exception:  # a model that cannot be loaded now was told about above
+        continue
+    if own:
+        st.warning(
+            f"**{_ui.plain(name)}** was scored on {len(own)} of its own training "
+            f"cases ({_ui.plain(', '.join(own))}) out of {len(result['cases'])}: its "
+            "figures are optimistic. Judge a model on cases it never saw."
+        )
 
 reports = result["reports"]
 which = st.radio(
@@ -157,6 +188,11 @@ st.warning(
     "models by F1 (Dice), sensitivity, MCC and the area under the PR curve."
 )
 
+palette = px.colors.qualitative.Dark2
+colour = {
+    name: "#888888" if name == compare.ALL_BACKGROUND else palette[i % len(palette)]
+    for i, name in enumerate(reports)
+}
 curves, per_case = st.columns(2)
 with curves:
     roc = _ui.line_figure("ROC curve (pooled)", "false positive rate", "sensitivity")
@@ -166,24 +202,17 @@ with curves:
         fpr, tpr, _ = report.roc_curve()
         recall, precision, _ = report.pr_curve()
         auc, ap = report.pooled["auc_roc"], report.pooled["auc_pr"]
-        roc.add_scatter(
-            x=fpr, y=tpr, name=f"{name} (AUC {_ui.fmt(auc)})", line=dict(dash=dash)
-        )
-        pr.add_scatter(
-            x=recall,
-            y=precision,
-            name=f"{name} (AP {_ui.fmt(ap)})",
-            line=dict(dash=dash),
-            # a constant map has two points; a line between them means nothing
-            mode="markers" if name == compare.ALL_BACKGROUND else "lines",
-            marker=dict(size=10),
-        )
-    for fig in (roc, pr):
+        line = dict(dash=dash, color=colour[name])
+        roc.add_scatter(x=fpr, y=tpr, name=f"{name} (AUC {_ui.fmt(auc)})", line=line)
+        if name != compare.ALL_BACKGROUND:  # it never calls a vessel: no PR curve
+            pr.add_scatter(
+                x=recall, y=precision, name=f"{name} (AP {_ui.fmt(ap)})", line=line
+            )
+    # each legend where that chart's curves do not go
+    for fig, x, anchor in ((roc, 0.98, "right"), (pr, 0.02, "left")):
         fig.update_layout(
             height=420,
-            legend=dict(
-                orientation="v", y=0.02, x=0.98, xanchor="right", yanchor="bottom"
-            ),
+            legend=dict(orientation="v", y=0.02, x=x, xanchor=anchor, yanchor="bottom"),
         )
         fig.update_xaxes(range=[0, 1])
         fig.update_yaxes(range=[0, 1.02])
@@ -208,14 +237,23 @@ with per_case:
         barmode="group",
         title=f"{shown} per case",
         labels={metric: shown},
-        color_discrete_sequence=px.colors.qualitative.Dark2,
+        color_discrete_map=colour,
     )
     fig.update_layout(height=420, font=dict(size=16), margin=dict(l=10, r=10, t=50))
+    fig.update_xaxes(type="category")  # case ids as written: 01, not 1
     _ui.plot(fig, key="cmp_per_case")
     speed = pd.DataFrame(
         {"model": list(result["seconds"]), "seconds": list(result["seconds"].values())}
     )
-    fig = px.bar(speed, x="model", y="seconds", title="Seconds per image")
+    fig = px.bar(
+        speed,
+        x="model",
+        y="seconds",
+        color="model",
+        color_discrete_map=colour,
+        title="Seconds per image",
+    )
+    fig.update_layout(showlegend=False)
     fig.update_layout(height=300, font=dict(size=16), margin=dict(l=10, r=10, t=50))
     _ui.plot(fig, key="cmp_speed")
 

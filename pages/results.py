@@ -7,7 +7,7 @@ import warnings
 import streamlit as st
 
 from pages import _ui
-from vessel_core import metrics, render
+from vessel_core import compare, metrics, render
 
 _ui.through_app()
 
@@ -51,7 +51,7 @@ except Exception as exc:  # a model that cannot predict must not end the page
     _ui.show_error(exc, f"Predicting case {case.id} with {ref.name}")
     _ui.stop_page()
 
-if case.id in ((getattr(model, "meta", None) or {}).get("train_cases") or ()):
+if compare.trained_on(model, [case.id]):
     st.warning(
         f"Case {_ui.plain(case.id)} was one of this model's training cases: its "
         "scores are optimistic. Judge the model on test cases."

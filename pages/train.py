@@ -199,7 +199,7 @@ def _cv_chart(job: Job) -> None:
             line_dash="dash",
             line_color="grey",
             annotation_text=f"best mean: k = {best}",
-            annotation_position="bottom left",
+            annotation_position="top left",  # the other label is at the bottom
         )
     if chosen is not None:
         fig.add_vline(

@@ -627,6 +627,41 @@ def test_results_page_threshold_reads_as_used_and_returns_to_the_models(
     )
 
 
+def test_compare_page_warns_of_training_cases_and_adds_new_models(
+    sample, sample_models, tmp_path, monkeypatch
+):
+    import shutil
+
+    folder = tmp_path / "few"
+    shutil.copytree(sample_models / "knn-sample", folder / "knn-sample")
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(folder))
+    at = app("pages/compare.py", cases=sample, dataset="built-in sample")
+    assert at.multiselect(key="cmp_models").value == ["knn-sample (knn, saved)"]
+    at.multiselect(key="cmp_cases").set_value(["synth-01", "synth-04"]).run()
+    score(at)
+    warned = texts(at.warning)
+    assert "knn\\-sample** was scored on 1 of its own training cases (synth\\-01)" in (
+        warned
+    )
+
+    # a model saved since the page last looked joins the comparison, and is said so
+    shutil.copytree(sample_models / "classic-sample", folder / "classic-sample")
+    at.run()
+    assert at.multiselect(key="cmp_models").value == [
+        "knn-sample (knn, saved)",
+        "classic-sample (classic, saved)",
+    ]
+    assert "Added to the comparison: classic\\-sample" in texts(at.caption)
+    at.run()
+    assert "Added to the comparison" not in texts(at.caption)  # said once
+
+    # no test case loaded: the training cases are offered, and the page says so
+    trains = [c for c in sample if c.split == "train"]
+    at = app("pages/compare.py", cases=trains, dataset="built-in sample")
+    assert "No test case with a vessel mask is loaded" in texts(at.info)
+    assert at.multiselect(key="cmp_cases").value == [c.id for c in trains]
+
+
 def test_compare_page_notes_name_the_model_they_concern(
     sample, sample_models, monkeypatch
 ):

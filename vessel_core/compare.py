@@ -60,12 +60,23 @@ class AllBackground:
         return np.zeros(case.shape, np.float32)
 
 
+def trained_on(model: Any, case_ids: Sequence[str]) -> list[str]:
+    """Those of ``case_ids`` that ``model`` was trained on (its ``meta``), in order.
+
+    Scores on them are optimistic: a model is judged on cases it never saw.
+    """
+    seen = set((getattr(model, "meta", None) or {}).get("train_cases") or ())
+    return [cid for cid in case_ids if cid in seen]
+
+
 def summary_rows(
     reports: Mapping[str, Report],
     which: str = "mean",
     seconds: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per model: its name, threshold, `TABLE_METRICS` and seconds/image.
+
+    The `ALL_BACKGROUND` row's threshold is None.
 
     Parameters
     ----------
@@ -80,7 +91,9 @@ def summary_rows(
     rows = []
     for name, report in reports.items():
         figures = getattr(report, which)
-        row: dict[str, Any] = {"model": name, "threshold": report.threshold}
+        # the baseline's map is constant: no threshold means anything for it
+        threshold = None if name == ALL_BACKGROUND else report.threshold
+        row: dict[str, Any] = {"model": name, "threshold": threshold}
         row.update({k: float(figures[k]) for k in TABLE_METRICS})
         if seconds is not None and name in seconds:
             row["seconds_per_image"] = float(seconds[name])
