@@ -401,7 +401,7 @@ class ModelRef:
     key: str
     name: str
     kind: str
-    origin: str  # "this session" or "saved"
+    origin: str  # "saved this session", "this session only" or "saved"
     path: Path | None = None
     job_id: str = ""
 
@@ -429,9 +429,8 @@ def model_refs() -> list[ModelRef]:
             name = job.saved_name
         else:
             key, name = f"job:{job.id}", job.name
-        refs.append(
-            ModelRef(key, name, job.kind, "this session", job.saved_path, job.id)
-        )
+        origin = "saved this session" if job.saved_path else "this session only"
+        refs.append(ModelRef(key, name, job.kind, origin, job.saved_path, job.id))
     for entry in store.list_models(models_dir()):
         if entry.path.resolve() in mine:
             continue

@@ -84,8 +84,9 @@ def _say_what_it_replaces(note) -> None:
     now = len(_ui.cases())
     if now:
         note.caption(
-            f"Loading replaces the {_ui.plural(now, 'case')} loaded now "
-            f"({_ui.plain(st.session_state.get(_ui.DATASET, ''))})."
+            f"A new load replaces the {_ui.plural(now, 'case')} in use now "
+            f"({_ui.plain(st.session_state.get(_ui.DATASET, ''))}); what you "
+            "trained on them is kept."
         )
 
 

@@ -102,7 +102,7 @@ st.caption(f"Prediction took {seconds:.2f} s.")
 panels = [("Original", case.image)]
 if case.has_mask:
     panels.append(("Manual vessel mask", render.mask_image(case.vessel_mask)))
-panels.append((f"Reconstruction (threshold {threshold:.3f})", render.mask_image(pred)))
+panels.append((f"Reconstruction at {threshold:.3f}", render.mask_image(pred)))
 if case.has_mask:
     panels.append(
         ("Errors", render.error_overlay(case.vessel_mask, pred, case.fov_mask))

@@ -94,6 +94,8 @@ with left:
             choice["seed"],
             key=_ui.kept("us_seed"),
             persist_state=_ui.KEEP,
+            disabled=strategy == "all",
+            help="Not used: every pixel is kept." if strategy == "all" else None,
         )
     )
 
@@ -181,7 +183,13 @@ with chart:
 with summary:
     _ui.plot(_counts_figure([total], "All training cases", legend=False))
 with st.expander("Counts as a table"):
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    table = pd.DataFrame(rows)
+    table["background_dropped"] = table["background_dropped"].map("{:.1%}".format)
+    st.dataframe(
+        table.rename(columns=lambda name: name.replace("_", " ")),
+        hide_index=True,
+        column_config={"background dropped": "share of background dropped"},
+    )
 if selection.skipped:
     st.caption(f"Without a vessel mask, not sampled: {', '.join(selection.skipped)}")
 

@@ -477,14 +477,14 @@ def test_data_page_says_a_load_replaces_the_cases_loaded_before(sample, drive_up
     at = app("pages/data.py", cases=sample, dataset="built-in sample")
     at.radio(key="data_source").set_value("Upload files").run()
     at.file_uploader(key="upload_files").set_value(drive_uploads[:3]).run()
-    assert "replaces the 5 cases loaded now" in texts(at.caption)
+    assert "replaces the 5 cases in use now" in texts(at.caption)
     at.button(key="load_uploads").click().run()
     assert not at.error, as_drawn(at.error)
     assert (
         "Loaded 1 case (DRIVE): 1 train, 0 test; the 5 cases loaded before were "
         "replaced." in texts(at.success)
     )
-    assert "replaces the 1 case loaded now" in texts(at.caption)
+    assert "replaces the 1 case in use now" in texts(at.caption)
 
     # the first load replaces nothing and says nothing about it
     at = app("pages/data.py")
@@ -742,7 +742,7 @@ def test_a_reload_keeps_the_settings_widgets_values(sample, sample_models, monke
     again = reloaded(at, page="pages/results.py")
     assert again.selectbox(key="res_case").value == "synth-02"
     assert again.slider(key=threshold_key).value == pytest.approx(0.321)
-    assert "Reconstruction (threshold 0.321)" in texts(again.markdown)
+    assert "Reconstruction at 0.321" in texts(again.markdown)
     again.switch_page("pages/undersampling.py").run()
     assert again.number_input(key="us_seed").value == 7
     assert "cmp_run" not in again.session_state  # a button's press is not kept

@@ -242,7 +242,21 @@ def test_a_plausible_mask_gives_no_warning(tmp_path, recwarn):
     dataset(tmp_path, vessel())
     (case,) = discover(tmp_path).cases
     assert_array_equal(case.vessel_mask, vessel())
-    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    about_masks = [
+        w
+        for w in recwarn
+        if issubclass(w.category, UserWarning) and "pixels a side" not in str(w.message)
+    ]
+    assert not about_masks  # (the 24x20 image is warned of for its size alone)
+
+
+def test_images_too_small_for_a_fundus_photograph_are_warned_of_once(tmp_path):
+    dataset(tmp_path, vessel())  # one 24x20 image
+    with pytest.warns(UserWarning) as caught:
+        (case,) = discover(tmp_path).cases
+    (size,) = [w for w in caught if "pixels a side" in str(w.message)]
+    assert "1 image(s) smaller than 32 pixels a side" in str(size.message)
+    assert "a.png (24x20)" in str(size.message)
 
 
 def test_empty_fov_mask_warns_and_is_estimated(tmp_path):

@@ -72,3 +72,19 @@ def test_settings_are_checked():
         ClassicFilters(k=3)
     with pytest.raises(ValueError, match="not fitted"):
         ClassicFilters().predict_proba(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_masks_without_vessels_are_refused_naming_the_cases(cases):
+    from dataclasses import replace
+
+    blank = [
+        replace(c, id=f"blank{i}", vessel_mask=np.zeros_like(c.vessel_mask))
+        for i, c in enumerate(cases[:2])
+    ]
+    with pytest.raises(ValueError) as info:
+        ClassicFilters().fit(blank)
+    message = str(info.value)
+    assert "only one class (background): a fit needs vessel pixels too" in message
+    assert "the vessel masks of blank0, blank1 have no vessel pixel in the FOV" in (
+        message
+    )

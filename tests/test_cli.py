@@ -89,7 +89,8 @@ def test_inspect_lists_cases_and_unpaired(dataset, capsys, tmp_path):
 
 def test_inspect_json_to_stdout_is_only_json(dataset, capsys):
     code, out, err = _run(capsys, "inspect", dataset, "--json", "-", "-q")
-    assert code == 0 and err == ""
+    # stderr: only the warning that these 16x12 images are tiny
+    assert code == 0 and len(err.splitlines()) == 1 and "pixels a side" in err
     assert json.loads(out)["layout"] == "generic"
 
 
@@ -490,8 +491,16 @@ def test_evaluate_model_and_predict(dataset, tmp_path, capsys, green_kind):
     )
     assert code == 1
     assert "notanimage.png" in err and "not an image" in err
+    assert err.count("notanimage.png") == 1  # told once
     assert "for 1 image(s)" in out
     assert (tmp_path / "out2" / "eye_prob.png").is_file()
+
+    # nothing predicted at all: an error (2), not a "wrote 0 file(s)" line
+    code, out, err = _run(
+        capsys, "predict", "--model", model_dir, bad, "--out", tmp_path / "out3"
+    )
+    assert code == 2 and "wrote" not in out
+    assert "no image could be predicted" in err and "notanimage.png" in err
 
 
 def test_evaluate_missing_model_is_one_line(dataset, tmp_path, capsys):

@@ -81,6 +81,36 @@ def split_cases(cases: Sequence[Case], split: str) -> list[Case]:
     return [c for c in cases if c.split == split]
 
 
+def one_class_error(
+    cases: Sequence[Case], vessel: bool, undersampled: bool = False
+) -> ValueError:
+    """The error of a fit whose training pixels hold one class only.
+
+    ``vessel``: the one class is vessel. Names the cases whose masks hold no
+    pixel of the other class inside the FOV; ``undersampled``: the pixels were
+    chosen by an undersampling, which may have dropped that class.
+    """
+    have, missing = ("vessel", "background") if vessel else ("background", "vessel")
+    empty = [
+        c.id
+        for c in cases
+        if c.vessel_mask is not None and not np.any(c.vessel_mask[c.fov_mask] != vessel)
+    ]
+    message = (
+        f"the training pixels hold only one class ({have}): a fit needs {missing} "
+        "pixels too"
+    )
+    if empty:
+        named = ", ".join(empty[:10])
+        if len(empty) > 10:
+            named += f" and {len(empty) - 10} more"
+        message += f"; the vessel masks of {named} have no {missing} pixel in the FOV"
+    message += "; check the masks, or add cases whose masks show both"
+    if undersampled:
+        message += ", or choose an undersampling that keeps both"
+    return ValueError(message)
+
+
 def with_masks(cases: Sequence[Case]) -> list[Case]:
     """The cases that carry a manual vessel mask."""
     return [c for c in cases if c.vessel_mask is not None]

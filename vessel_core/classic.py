@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from vessel_core import features as ft
 from vessel_core import preprocess as pp
-from vessel_core.cases import Case, fingerprint_cases, with_masks
+from vessel_core.cases import Case, fingerprint_cases, one_class_error, with_masks
 from vessel_core.knn import FitStopped, _image_and_fov, _subsample, smooth_inside
 from vessel_core.progress import Progress, emit, should_stop
 
@@ -214,7 +214,7 @@ class ClassicFilters:
             )
         X, y = np.concatenate(X), np.concatenate(y)
         if y.all() or not y.any():
-            raise ValueError("the training pixels hold only one class")
+            raise one_class_error(cases, bool(y.all()))
 
         fit = LogisticRegression(max_iter=3000).fit(self._terms(X), y)
         self.coef_ = fit.coef_[0].astype(np.float64)

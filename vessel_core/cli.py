@@ -570,7 +570,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     n_train = sum(c["split"] == "train" for c in cases)
     n_masks = sum(c["has_vessel_mask"] for c in cases)
     print(
-        f"{found.layout} layout: {len(cases)} cases ({n_train} train, "
+        f"{found.layout} layout: {len(cases)} case{'' if len(cases) == 1 else 's'} "
+        f"({n_train} train, "
         f"{len(cases) - n_train} test), {n_masks} with a vessel mask, "
         f"{len(unpaired)} unpaired file(s)"
     )
@@ -670,6 +671,12 @@ def _evaluate_predictions(args: argparse.Namespace) -> metrics.Report:
                 f"{case.shape[0]}"
             )
         maps[case.id] = pred
+    if maps and all(np.unique(m).size <= 2 for m in maps.values()):
+        logger.warning(
+            "the predictions are binary (two levels): auc_roc is their balanced "
+            "accuracy and auc_pr a single precision-recall point, not areas over a "
+            "ranking of pixels"
+        )
     extra = {
         "data": str(args.data),
         "predictions": {cid: str(p) for cid, p in matched.items()},
@@ -917,8 +924,7 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             image = vio.read_image(path)
         except vio.LoadError as exc:  # one bad file must not cost the others
-            logger.error("%s", exc)
-            refused.append(str(exc))
+            refused.append(str(exc))  # told once, at the end
             continue
         fov = vio.estimate_fov(image)
         case = Case(
@@ -944,6 +950,11 @@ def run_predict(args: argparse.Namespace) -> int:
         Image.fromarray(vessels, mode="L").save(out / f"{case.id}_vessels.png")
         logger.info("%s (%d/%d): %.2f s", path.name, i, len(paths), seconds)
     done = len(paths) - len(refused)
+    if not done:
+        raise ValueError(
+            f"no image could be predicted ({len(refused)} file(s)):\n  "
+            + "\n  ".join(refused)
+        )
     print(
         f"wrote {2 * done} file(s) for {done} image(s) to {out} "
         f"(threshold {threshold:.3f})"

@@ -58,6 +58,9 @@ ROLES = ("image", "vessel_mask", "fov_mask", "second_observer")
 #: dataset, has 3504 x 2336 = 8.2 megapixels.
 MAX_PIXELS = 40_000_000
 
+#: An image with a side shorter than this (pixels) is loaded with a warning.
+SMALL_IMAGE = 32
+
 #: The most bytes a ZIP archive (all its members together) or a gzip file may
 #: unpack to.
 MAX_UNPACKED_BYTES = 2 << 30
@@ -1184,6 +1187,19 @@ def _build(
         if one is not None:
             built.append(one)
     problems.raise_if_any(where, unpaired)
+    small = [case for case, _, _ in built if min(case.shape) < SMALL_IMAGE]
+    if small:
+        named = ", ".join(
+            f"{source_name(c.sources['image'])} ({c.shape[1]}x{c.shape[0]})"
+            for c in small[:5]
+        ) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+        warnings.warn(
+            f"{len(small)} image(s) smaller than {SMALL_IMAGE} pixels a side, far "
+            f"smaller than a fundus photograph (DRIVE's are 565x584): {named}; kept, "
+            "but the ResNet needs 32 pixels a side, and so few pixels say little "
+            "about vessels",
+            stacklevel=4,  # _build, _discover_entries, discover
+        )
 
     # an id found in both splits (train/01.png and test/01.png) gets its split
     counts: dict[str, int] = {}
@@ -1506,7 +1522,8 @@ def discover(path: str | os.PathLike) -> Discovery:
         if head not in _ZIP_MAGICS:
             raise LoadError(
                 f"{label!r}: expected a folder or a ZIP archive, got a file that is "
-                "not a ZIP archive (use read_image/read_mask for one image)"
+                "not a ZIP archive (give the folder that holds the dataset, or a "
+                "ZIP of it)"
             )
         entries = _zip_entries(path, label)
     else:

@@ -62,7 +62,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from vessel_core import features as ft
 from vessel_core import preprocess as pp
-from vessel_core.cases import Case, fingerprint_cases, with_masks
+from vessel_core.cases import Case, fingerprint_cases, one_class_error, with_masks
 from vessel_core.progress import Progress, emit, should_stop
 
 logger = logging.getLogger(__name__)
@@ -864,10 +864,7 @@ class KNNModel:
             cases, selection, quota, rng, pixel_rows, "features", on_progress, stop
         )
         if y.all() or not y.any():
-            raise ValueError(
-                "the training pixels hold only one class; the selection needs both "
-                "vessel and background pixels"
-            )
+            raise one_class_error(cases, bool(y.all()), undersampled=True)
 
         # 2. k by grouped cross-validation
         cv_results, cv_means, cv_best, cv_se, cv_folds = [], {}, None, 0.0, 0
