@@ -447,7 +447,7 @@ def load(ref: ModelRef):
     if ref.job_id:
         job = job_manager().get(session_id(), ref.job_id)
         if job is not None and job.model is not None:
-            return job.model
+            return store.ready(job.model)  # set up once, then at once
     if ref.path is None:
         raise ValueError(f"model {ref.name!r} is gone (its session job was dropped)")
     return _load_folder(ref.key, str(ref.path))
@@ -455,7 +455,7 @@ def load(ref: ModelRef):
 
 @st.cache_resource(max_entries=16, show_spinner="Loading the model...")
 def _load_folder(key: str, path: str):
-    return store.load_model(path)
+    return store.ready(store.load_model(path))
 
 
 @st.cache_resource

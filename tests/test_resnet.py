@@ -573,6 +573,8 @@ def test_save_and_load_give_the_same_map_here_and_in_a_fresh_process(
     loaded = store.load_model(folder)
     assert loaded.kind == "resnet34"
     assert loaded.threshold == pytest.approx(model.threshold)
+    assert loaded._fast_net is None  # built on the first image, or by ready()
+    assert store.ready(loaded) is loaded and loaded._fast_net is not None
     case = cases[0]
     here = loaded.predict_proba(case)
     # a fitted model already holds its weights rounded as saved: the same map

@@ -687,7 +687,7 @@ def _evaluate_predictions(args: argparse.Namespace) -> metrics.Report:
 
 
 def _evaluate_model(args: argparse.Namespace) -> metrics.Report:
-    model = store.load_model(args.model)
+    model = store.ready(store.load_model(args.model))
     threshold = _threshold(args.threshold, model.threshold)
     found = _discover(args.data)
     split = args.split or "test"
@@ -914,7 +914,7 @@ class _stop_on_ctrl_c:
 def run_predict(args: argparse.Namespace) -> int:
     """``predict``: probability and vessel maps for images."""
     paths = _expand_inputs(args.inputs)
-    model = store.load_model(args.model)
+    model = store.ready(store.load_model(args.model))
     threshold = _threshold(args.threshold, model.threshold)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -684,6 +684,16 @@ class ResNetUNet:
         prob[~fov] = 0.0
         return np.clip(prob, 0.0, 1.0).astype(np.float32, copy=False)
 
+    def prepare(self) -> ResNetUNet:
+        """Build the network prediction runs (int8, or float32 with batch norm
+        folded) now, not on the first image, so that image's time is its own.
+
+        A few seconds on a CPU; `predict_proba` does it itself when needed.
+        """
+        if self.net is not None:
+            self._inference_net()
+        return self
+
     def _inference_net(self):
         """The network prediction runs (cached): int8, or float32 with BN folded."""
         from vessel_core import _resnet_net as rn

@@ -505,6 +505,16 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def ready(model: Any) -> Any:
+    """``model``, its prediction set up now where it has such a step (the ResNet's
+    int8 or folded network: `ResNetUNet.prepare`), so that the first image's
+    seconds are that image's own. Returns ``model``."""
+    prepare = getattr(model, "prepare", None)
+    if prepare is not None:
+        prepare()
+    return model
+
+
 def load_model(folder: str | Path) -> VesselModel:
     """Load a model folder written by `save_model`, whatever its kind.
 
