@@ -407,7 +407,12 @@ class ModelRef:
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.kind}, {self.origin})"
+        """What pickers show and keep: the same for a saved model whether or not
+        this session still lists the fit that made it (jobs are forgotten sooner
+        than the session's choices)."""
+        if self.path is None:
+            return f"{self.name} ({self.kind}, {self.origin})"
+        return f"{self.name} ({self.kind})"
 
 
 def _folder_key(path: Path) -> str:

@@ -32,9 +32,9 @@ known = st.session_state.get("cmp_known_models")
 added = [m for m in refs if known is not None and m not in known]
 st.session_state["cmp_known_models"] = list(refs)
 if added and "cmp_models" in st.session_state:
-    st.session_state["cmp_models"] = [
-        m for m in st.session_state["cmp_models"] if m in refs
-    ] + added
+    now = [m for m in st.session_state["cmp_models"] if m in refs]
+    # another tab on this session may have added them already
+    st.session_state["cmp_models"] = now + [m for m in added if m not in now]
 kept = st.session_state.get(RESULT)
 if kept is not None:  # after a reload the pickers start from the kept comparison
     default_models = [m for m in kept["models"] if m in refs] or default_models
@@ -122,6 +122,7 @@ if run and task is None:
 if task is not None:
     if st.button("Stop scoring", key="cmp_stop", icon=":material/stop:"):
         task.stop()
+        st.session_state[STOPPED_NOTE] = True  # told here, whichever tab collects
     _progress()
 if st.session_state.pop(STOPPED_NOTE, False):
     st.warning(

@@ -95,7 +95,7 @@ def _builtin():
     return io.Discovery(cases=cases, layout="built-in sample")
 
 
-note = None
+note, pressed = None, False
 source = st.radio(
     "Where are the images?",
     SOURCES,
@@ -150,7 +150,7 @@ else:
             else:
                 _load(str(path), lambda: io.discover(path))
 
-if note is not None:
+if note is not None and not pressed:  # right after a load it would read as undone
     _say_what_it_replaces(note)
 
 

@@ -263,7 +263,8 @@ def _job_box(job: Job) -> None:
         head, button = st.columns([4, 1])
         with head:
             st.markdown(
-                f"**{job.name}** ({_ui.KIND_LABELS.get(job.kind, job.kind)}): "
+                f"**{job.saved_name or job.name}** "
+                f"({_ui.KIND_LABELS.get(job.kind, job.kind)}): "
                 f"{job.status}, {job.seconds:.0f} s"
             )
         if job.active:

@@ -371,8 +371,8 @@ def test_compare_page_scores_models_next_to_the_all_background_baseline(
     monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
     at = app("pages/compare.py", cases=sample, dataset="built-in sample")
     assert at.multiselect(key="cmp_models").value == [
-        "classic-sample (classic, saved)",
-        "knn-sample (knn, saved)",
+        "classic-sample (classic)",
+        "knn-sample (knn)",
     ]
     assert at.multiselect(key="cmp_cases").value == ["synth-04"]
     score(at)
@@ -484,6 +484,9 @@ def test_data_page_says_a_load_replaces_the_cases_loaded_before(sample, drive_up
         "Loaded 1 case (DRIVE): 1 train, 0 test; the 5 cases loaded before were "
         "replaced." in texts(at.success)
     )
+    # beside the success it would read as undone; on the next run it is back
+    assert "replaces" not in texts(at.caption)
+    at.run()
     assert "replaces the 1 case in use now" in texts(at.caption)
 
     # the first load replaces nothing and says nothing about it
@@ -636,7 +639,7 @@ def test_compare_page_warns_of_training_cases_and_adds_new_models(
     shutil.copytree(sample_models / "knn-sample", folder / "knn-sample")
     monkeypatch.setenv("VESSEL_MODELS_DIR", str(folder))
     at = app("pages/compare.py", cases=sample, dataset="built-in sample")
-    assert at.multiselect(key="cmp_models").value == ["knn-sample (knn, saved)"]
+    assert at.multiselect(key="cmp_models").value == ["knn-sample (knn)"]
     at.multiselect(key="cmp_cases").set_value(["synth-01", "synth-04"]).run()
     score(at)
     warned = texts(at.warning)
@@ -648,8 +651,8 @@ def test_compare_page_warns_of_training_cases_and_adds_new_models(
     shutil.copytree(sample_models / "classic-sample", folder / "classic-sample")
     at.run()
     assert at.multiselect(key="cmp_models").value == [
-        "knn-sample (knn, saved)",
-        "classic-sample (classic, saved)",
+        "knn-sample (knn)",
+        "classic-sample (classic)",
     ]
     assert "Added to the comparison: classic\\-sample" in texts(at.caption)
     at.run()
@@ -762,14 +765,14 @@ def test_compare_page_pickers_start_from_the_kept_comparison(
 ):
     monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
     at = app("pages/compare.py", cases=sample, dataset="built-in sample")
-    at.multiselect(key="cmp_models").set_value(["knn-sample (knn, saved)"])
+    at.multiselect(key="cmp_models").set_value(["knn-sample (knn)"])
     at.multiselect(key="cmp_cases").set_value(["synth-01", "synth-04"])
     score(at)
     kept = at.session_state["compare_result"]
 
     # a reload brings the result back, but not the pickers' own state
     again = app("pages/compare.py", cases=sample, compare_result=kept)
-    assert again.multiselect(key="cmp_models").value == ["knn-sample (knn, saved)"]
+    assert again.multiselect(key="cmp_models").value == ["knn-sample (knn)"]
     assert again.multiselect(key="cmp_cases").value == ["synth-01", "synth-04"]
     assert "earlier choice" not in texts(again.warning)
     assert list(again.table[0].value.index) == ["knn-sample", "all background"]
@@ -786,7 +789,7 @@ def test_a_comparison_being_scored_goes_on_across_a_reload(
     monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
     at = app("pages/compare.py", cases=sample, dataset="built-in sample")
     sid = at.session_state["session_id"]
-    label = "knn-sample (knn, saved)"
+    label = "knn-sample (knn)"
     model = store.load_model(sample_models / "knn-sample")
     gate = threading.Event()
 
