@@ -449,18 +449,35 @@ def model_refs() -> list[ModelRef]:
 
 def load(ref: ModelRef):
     """The model behind ``ref`` (a session's model in memory, else loaded once)."""
+    loader = _loader(ref)
+    if ref.path is not None and ref.key not in _models():
+        with st.spinner("Loading the model..."):
+            return loader()
+    return loader()
+
+
+def _loader(ref: ModelRef) -> Callable[[], Any]:
+    """What loads ``ref``'s model, in any thread (the server's model cache)."""
     if ref.job_id:
         job = job_manager().get(session_id(), ref.job_id)
         if job is not None and job.model is not None:
-            return store.ready(job.model)  # set up once, then at once
+            model = job.model
+            return lambda: store.ready(model)  # set up once, then at once
     if ref.path is None:
-        raise ValueError(f"model {ref.name!r} is gone (its session job was dropped)")
-    return _load_folder(ref.key, str(ref.path))
+        name = ref.name
+
+        def gone():
+            raise ValueError(f"model {name!r} is gone (its session job was dropped)")
+
+        return gone
+    cache, key, path = _models(), ref.key, ref.path
+    return lambda: cache.get(key, lambda: store.ready(store.load_model(path)))
 
 
-@st.cache_resource(max_entries=16, show_spinner="Loading the model...")
-def _load_folder(key: str, path: str):
-    return store.ready(store.load_model(path))
+@st.cache_resource
+def _models() -> compare.SharedCache:
+    """The server's loaded models by folder and date (16 at most), every thread's."""
+    return compare.SharedCache(16)
 
 
 @st.cache_resource
@@ -499,21 +516,15 @@ def start_scoring(
     short goes on from where it was. A model that cannot be loaded is left out
     with its reason in the result's ``errors``.
     """
-    models, keys, errors = {}, {}, {}
-    for ref in refs:
-        try:
-            models[ref.name] = load(ref)
-        except Exception as exc:  # one broken model must not hide the others
-            logger.warning("loading %s failed: %s", ref.name, exc)
-            errors[ref.name] = f"{type(exc).__name__}: {exc}"
-        keys[ref.name] = ref.key
+    loaders = {ref.name: _loader(ref) for ref in refs}  # loaded in the thread
+    keys = {ref.name: ref.key for ref in refs}
     cache = _maps()
 
     def cached(name: str, model, case: Case):
         key = (keys[name], case.fingerprint())
         return cache.get(key, lambda: model.predict_proba(case))
 
-    task = compare.Scoring(models, cases, cached, {**label, "load_errors": errors})
+    task = compare.Scoring(loaders, cases, cached, label)
     _scorings()[session_id()] = task
     return task
 

@@ -82,7 +82,7 @@ def _keep(task) -> None:
         "cases": task.label["cases"],
         "reports": scored.reports,
         "seconds": scored.seconds,
-        "errors": {**task.label["load_errors"], **scored.errors},
+        "errors": dict(scored.errors),
     }
 
 

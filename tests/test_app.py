@@ -805,7 +805,7 @@ def test_a_comparison_being_scored_goes_on_across_a_reload(
     task = compare.Scoring(
         {"knn-sample": Held()},
         test_cases,
-        label={"models": [label], "cases": ["synth-04"], "load_errors": {}},
+        label={"models": [label], "cases": ["synth-04"]},
     )
     _ui._scorings()[sid] = task
     threading.Timer(1.0, gate.set).start()

@@ -15,6 +15,7 @@ from vessel_core.compare import (
     AllBackground,
     MapCache,
     Scoring,
+    SharedCache,
     notes_by_model,
     per_case_rows,
     score_models,
@@ -90,17 +91,25 @@ class Truth:
 
 def test_score_models_leaves_a_broken_model_out_and_adds_the_baseline(case):
     events = []
+
+    def unreadable():
+        raise ValueError("model.json: not JSON")
+
     scored = score_models(
-        {"truth": Truth(), "broken": Truth(broken=True)},
+        {"truth": Truth(), "broken": Truth(broken=True), "unreadable": unreadable},
         [case, case],
         on_progress=events.append,
     )
     assert list(scored.reports) == ["truth", ALL_BACKGROUND]
     assert scored.reports["truth"].mean["f1"] == 1.0
-    assert scored.errors == {"broken": "RuntimeError: weights missing"}
+    assert scored.errors == {
+        "broken": "RuntimeError: weights missing",
+        "unreadable": "model.json: not JSON",  # loaded here, in the scoring
+    }
+    assert [e.message for e in events if e.step == "load"] == ["loading unreadable"]
     assert set(scored.seconds) == {"truth"} and not scored.stopped
     assert [e.done for e in events if e.step == "predict"] == [0, 1, 2]
-    assert events[-1].step == "done" and events[-1].done == 4
+    assert events[-1].step == "done" and events[-1].done == 6
 
 
 def test_score_models_stops_before_the_next_map(case):
@@ -130,6 +139,15 @@ def test_a_scoring_runs_in_its_own_thread_and_can_be_stopped(case):
     task.stop()
     stopped.set()
     assert task.wait(10) and task.result.stopped
+
+
+def test_a_shared_cache_keeps_its_newest_values_within_their_cost():
+    cache = SharedCache(2)
+    assert cache.get("a", lambda: "A") == "A"
+    assert cache.get("a", lambda: "other") == "A" and "a" in cache
+    cache.get("b", lambda: "B")
+    cache.get("c", lambda: "C")  # past 2: a, the least recently used, goes
+    assert "a" not in cache and len(cache) == 2
 
 
 def test_map_cache_computes_once_and_drops_the_oldest_past_its_bytes():

@@ -123,50 +123,67 @@ def notes_by_model(reports: Mapping[str, Report]) -> dict[str, list[str]]:
 # Scoring several models, in the background
 
 
-class MapCache:
-    """Probability maps by key, with the seconds each took; shared by threads.
+class SharedCache:
+    """Values by key, each computed once and shared by every thread.
 
-    Bounded by the bytes of the maps it holds (least recently used go first), so
-    a few HRF-sized maps cannot fill the memory the way a count bound would let
-    them.
+    The least recently used go first once their costs add up past ``max_cost``
+    (the newest value always stays). Two threads asking for one missing key may
+    both compute it; the first to finish is kept.
     """
 
-    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
-        self.max_bytes = int(max_bytes)
-        self._maps: OrderedDict[Hashable, tuple[NDArray[np.float32], float]] = (
-            OrderedDict()
-        )
-        self._bytes = 0
+    def __init__(self, max_cost: float, cost: Callable[[Any], float] = lambda v: 1):
+        self.max_cost = float(max_cost)
+        self._cost = cost
+        self._values: OrderedDict[Hashable, Any] = OrderedDict()
+        self._total = 0.0
         self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The value under ``key``, computed by ``compute`` if missing."""
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+        value = compute()
+        with self._lock:
+            if key in self._values:  # another thread was first
+                return self._values[key]
+            self._values[key] = value
+            self._total += self._cost(value)
+            while self._total > self.max_cost and len(self._values) > 1:
+                _, old = self._values.popitem(last=False)
+                self._total -= self._cost(old)
+        return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._values
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._values)
+
+
+class MapCache(SharedCache):
+    """Probability maps with the seconds each took, bounded by the maps' bytes,
+    so a few HRF-sized maps cannot fill the memory as a count bound would let
+    them. A map is read-only: every page and thread shares it."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        super().__init__(max_bytes, cost=lambda entry: entry[0].nbytes)
 
     def get(
         self, key: Hashable, compute: Callable[[], NDArray]
     ) -> tuple[NDArray[np.float32], float]:
-        """The map under ``key``, computed (and timed) by ``compute`` if missing.
+        """``(map, seconds)`` under ``key``, computed and timed if missing."""
 
-        Two threads asking for one missing key may both compute it; the maps
-        are the same.
-        """
-        with self._lock:
-            if key in self._maps:
-                self._maps.move_to_end(key)
-                return self._maps[key]
-        start = time.perf_counter()
-        prob = np.asarray(compute(), np.float32)
-        prob.setflags(write=False)  # shared: nobody may change it
-        entry = (prob, time.perf_counter() - start)
-        with self._lock:
-            if key not in self._maps:
-                self._maps[key] = entry
-                self._bytes += prob.nbytes
-            while self._bytes > self.max_bytes and len(self._maps) > 1:
-                _, (old, _) = self._maps.popitem(last=False)
-                self._bytes -= old.nbytes
-        return entry
+        def timed():
+            start = time.perf_counter()
+            prob = np.asarray(compute(), np.float32)
+            prob.setflags(write=False)
+            return prob, time.perf_counter() - start
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._maps)
+        return super().get(key, timed)
 
 
 #: ``predict(name, model, case) -> (probability map, seconds)``
@@ -212,8 +229,10 @@ def score_models(
 
     Parameters
     ----------
-    models : mapping of name to model
-        Each has ``predict_proba(case)`` and ``threshold``.
+    models : mapping of name to model, or to a callable that loads it
+        Each model has ``predict_proba(case)`` and ``threshold``; a callable
+        (anything without ``predict_proba``) is called first, here, so that a
+        slow load is part of the work (a ``"load"`` event).
     cases : sequence of Case
     predict : callable, optional
         ``predict(name, model, case) -> (map, seconds)``, to cache maps; default
@@ -223,7 +242,7 @@ def score_models(
     stop : threading.Event, optional
         Checked before each map: the scoring ends, ``stopped`` and empty.
 
-    A model that fails (to predict or to be scored) is left out, with the
+    A model that fails (to load, predict or be scored) is left out, with the
     reason in ``errors``; the others are still scored.
     """
     from vessel_core import metrics
@@ -236,6 +255,14 @@ def score_models(
         for name, model in models.items():
             maps, seconds = {}, 0.0
             try:
+                if not hasattr(model, "predict_proba"):
+                    if should_stop(stop):
+                        return Scored(stopped=True)
+                    emit(
+                        on_progress,
+                        Progress("load", done, total, message=f"loading {name}"),
+                    )
+                    model = model()
                 for case in cases:
                     if should_stop(stop):
                         return Scored(stopped=True)
