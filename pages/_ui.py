@@ -21,7 +21,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from vessel_core import compare, sampling, store
-from vessel_core.cases import Case, fingerprint_cases, split_cases, with_masks
+from vessel_core.cases import (
+    Case,
+    fingerprint_cases,
+    one_class_cases,
+    split_cases,
+    trainable,
+    with_masks,
+)
 from vessel_core.jobs import Job, JobManager
 from vessel_core.sessions import SessionMemory
 
@@ -274,18 +281,30 @@ def require_cases(need_masks: bool = False) -> list[Case]:
 
 
 def train_cases() -> list[Case]:
-    """Training cases that carry a vessel mask."""
-    return with_masks(split_cases(cases(), "train"))
+    """Training cases whose vessel mask shows both classes (`cases.trainable`)."""
+    return trainable(split_cases(cases(), "train"))
 
 
 def require_train_cases() -> list[Case]:
-    """The training cases with a vessel mask, or a warning saying how and a stop."""
+    """The training cases a model can learn from, or a warning saying how and a
+    stop; those whose mask holds one class only are named as left out."""
     require_cases(need_masks=True)
     train = train_cases()
+    masked = split_cases(cases(), "train")
+    left = one_class_cases(masked)
+    if left:
+        st.warning(
+            as_text(
+                f"Left out of training: {', '.join(left)}. Their vessel masks hold "
+                "one class only inside the FOV (no vessel pixel, or nothing else): "
+                "almost surely the wrong files."
+            )
+        )
     if not train:
         st.warning(
-            "No training case has a vessel mask. Put some cases with masks on the "
-            "train side (Data page, *split* column)."
+            "No training case has a vessel mask showing vessels and background. Put "
+            "some cases with such masks on the train side (Data page, *split* "
+            "column)."
         )
         stop_page()
     return train

@@ -12,6 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -663,6 +664,28 @@ def test_compare_page_warns_of_training_cases_and_adds_new_models(
     at = app("pages/compare.py", cases=trains, dataset="built-in sample")
     assert "No test case with a vessel mask is loaded" in texts(at.info)
     assert at.multiselect(key="cmp_cases").value == [c.id for c in trains]
+
+
+def test_train_page_names_training_cases_whose_masks_hold_one_class(sample):
+    from dataclasses import replace
+
+    first = next(c for c in sample if c.split == "train")
+    blank = replace(first, vessel_mask=np.zeros_like(first.vessel_mask))
+    cases = [blank if c is first else c for c in sample]
+    at = app("pages/train.py", cases=cases, dataset="built-in sample")
+    assert f"Left out of training: {first.id}" in texts(at.warning).replace("\\", "")
+    assert first.id not in texts(at.caption).split("Trains on")[1].split(")")[0]
+
+    # none left: the page says so instead of blaming the undersampling
+    trains = [
+        replace(c, vessel_mask=np.zeros_like(c.vessel_mask))
+        for c in sample
+        if c.vessel_mask is not None
+    ]
+    at = app("pages/train.py", cases=trains, dataset="built-in sample")
+    assert "No training case has a vessel mask showing vessels and background" in (
+        texts(at.warning)
+    )
 
 
 def test_compare_page_notes_name_the_model_they_concern(

@@ -88,3 +88,14 @@ def test_masks_without_vessels_are_refused_naming_the_cases(cases):
     assert "the vessel masks of blank0, blank1 have no vessel pixel in the FOV" in (
         message
     )
+
+
+def test_a_case_whose_mask_holds_one_class_is_left_out_with_a_warning(cases):
+    from dataclasses import replace
+
+    blank = replace(
+        cases[0], id="blank", vessel_mask=np.zeros_like(cases[0].vessel_mask)
+    )
+    with pytest.warns(UserWarning, match=r"left out of training: blank \(their"):
+        model = ClassicFilters().fit([blank, *cases[1:]])
+    assert "blank" not in model.meta["train_cases"]

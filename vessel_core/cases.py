@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -109,6 +110,49 @@ def one_class_error(
     if undersampled:
         message += ", or choose an undersampling that keeps both"
     return ValueError(message)
+
+
+def one_class_cases(cases: Sequence[Case]) -> list[str]:
+    """Ids of the cases whose vessel mask holds one class only inside the FOV
+    (no vessel pixel, or nothing but vessel): almost surely a wrong mask."""
+    out = []
+    for c in cases:
+        if c.vessel_mask is None:
+            continue
+        inside = c.vessel_mask[c.fov_mask]
+        if not inside.any() or inside.all():
+            out.append(c.id)
+    return out
+
+
+def trainable(cases: Sequence[Case]) -> list[Case]:
+    """The cases a model can learn from: a vessel mask showing both classes."""
+    bad = set(one_class_cases(cases))
+    return [c for c in with_masks(cases) if c.id not in bad]
+
+
+def fit_cases(cases: Sequence[Case]) -> list[Case]:
+    """The cases a fit uses (`trainable`), warning of those it leaves out.
+
+    Raises ValueError when none is left: no vessel mask at all, or only masks
+    of one class (`one_class_error`, naming them).
+    """
+    masked = with_masks(cases)
+    if not masked:
+        raise ValueError("fit needs at least one case with a vessel mask, got none")
+    kept = trainable(masked)
+    if not kept:
+        vessel = all(c.vessel_mask[c.fov_mask].all() for c in masked)
+        raise one_class_error(masked, vessel)
+    if len(kept) < len(masked):
+        kept_ids = {c.id for c in kept}
+        left = [c.id for c in masked if c.id not in kept_ids]
+        warnings.warn(
+            f"left out of training: {', '.join(left)} (their vessel masks hold one "
+            "class only inside the FOV, almost surely the wrong files)",
+            stacklevel=3,
+        )
+    return kept
 
 
 def with_masks(cases: Sequence[Case]) -> list[Case]:

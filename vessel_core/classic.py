@@ -31,7 +31,12 @@ from numpy.typing import NDArray
 
 from vessel_core import features as ft
 from vessel_core import preprocess as pp
-from vessel_core.cases import Case, fingerprint_cases, one_class_error, with_masks
+from vessel_core.cases import (
+    Case,
+    fingerprint_cases,
+    fit_cases,
+    one_class_error,
+)
 from vessel_core.knn import FitStopped, _image_and_fov, _subsample, smooth_inside
 from vessel_core.progress import Progress, emit, should_stop
 
@@ -190,9 +195,7 @@ class ClassicFilters:
         from vessel_core import metrics
 
         started = time.monotonic()
-        cases = with_masks(cases)
-        if not cases:
-            raise ValueError("fit needs at least one case with a vessel mask, got none")
+        cases = fit_cases(cases)  # with a mask of both classes; warns of the rest
         rng = np.random.default_rng(self.settings["seed"])
         X, y, maps = [], [], []
         for i, case in enumerate(cases):

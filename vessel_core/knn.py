@@ -62,7 +62,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from vessel_core import features as ft
 from vessel_core import preprocess as pp
-from vessel_core.cases import Case, fingerprint_cases, one_class_error, with_masks
+from vessel_core.cases import (
+    Case,
+    fingerprint_cases,
+    fit_cases,
+    one_class_error,
+)
 from vessel_core.progress import Progress, emit, should_stop
 
 logger = logging.getLogger(__name__)
@@ -844,9 +849,7 @@ class KNNModel:
 
         started = time.monotonic()
         s = self.settings
-        cases = with_masks(cases)
-        if not cases:
-            raise ValueError("fit needs at least one case with a vessel mask, got none")
+        cases = fit_cases(cases)  # with a mask of both classes; warns of the rest
         if selection is None:
             selection = sampling.select(cases, "near_vessels", seed=s["seed"])
         cases = [c for c in cases if c.id in selection.per_case]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from vessel_core.cases import Case, fingerprint_cases, with_masks
+from vessel_core.cases import Case, fingerprint_cases, fit_cases
 from vessel_core.progress import Progress, emit
 
 logger = logging.getLogger(__name__)
@@ -471,9 +471,7 @@ class ResNetUNet:
 
     def _split(self, cases: Sequence[Case]) -> tuple[list[Case], list[Case]]:
         """Training and held-out cases (``val_cases`` of them, chosen by seed)."""
-        cases = with_masks(cases)
-        if not cases:
-            raise ValueError("fit needs at least one case with a vessel mask, got none")
+        cases = fit_cases(cases)  # with a mask of both classes; warns of the rest
         for case in cases:
             if case.image.ndim != 3 or case.image.shape[2] != 3:
                 raise ValueError(
