@@ -145,7 +145,9 @@ for name in result["reports"]:
     if name not in by_name:
         continue
     try:
-        own = compare.trained_on(_ui.load(by_name[name]), result["cases"])
+        own = compare.trained_on(
+            _ui.load(by_name[name]), [c for c in scorable if c.id in result["cases"]]
+        )
     except Exception:  # a model that cannot be loaded now was told about above
         continue
     if own:

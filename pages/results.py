@@ -51,7 +51,7 @@ except Exception as exc:  # a model that cannot predict must not end the page
     _ui.show_error(exc, f"Predicting case {case.id} with {ref.name}")
     _ui.stop_page()
 
-if compare.trained_on(model, [case.id]):
+if compare.trained_on(model, [case]):
     st.warning(
         f"Case {_ui.plain(case.id)} was one of this model's training cases: its "
         "scores are optimistic. Judge the model on test cases."

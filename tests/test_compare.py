@@ -171,3 +171,22 @@ def test_map_cache_computes_once_and_drops_the_oldest_past_its_bytes():
     assert len(cache) == 2 and calls == [1, 2, 3]
     assert cache.get("a", compute(9))[0][0, 0] == 1
     assert cache.get("b", compute(4))[0][0, 0] == 4
+
+
+def test_trained_on_knows_a_training_image_under_another_name(case):
+    from dataclasses import replace
+
+    from vessel_core.cases import image_fingerprints
+    from vessel_core.compare import trained_on
+
+    class Model:
+        meta = {"train_cases": ["c"], "train_images": image_fingerprints([case])}
+
+    renamed = replace(case, id="renamed")
+    other = replace(case, image=np.full_like(case.image, 9))  # id "c", other image
+    assert trained_on(Model(), [renamed, other]) == ["renamed"]
+
+    class Older:  # saved before image fingerprints: by id
+        meta = {"train_cases": ["c"]}
+
+    assert trained_on(Older(), [renamed, other]) == ["c"]

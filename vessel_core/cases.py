@@ -66,6 +66,17 @@ class Case:
         return h.hexdigest()[:16]
 
 
+def image_fingerprints(cases: Iterable[Case]) -> list[str]:
+    """SHA-256 of each case's image pixels alone (16 hex digits): what tells a
+    training image again under another name or with other masks."""
+    out = []
+    for case in cases:
+        h = hashlib.sha256(str(case.image.shape).encode())
+        h.update(np.ascontiguousarray(case.image).tobytes())
+        out.append(h.hexdigest()[:16])
+    return out
+
+
 def fingerprint_cases(cases: Iterable[Case]) -> str:
     """One fingerprint for a list of cases, in the order given."""
     h = hashlib.sha256()

@@ -35,6 +35,7 @@ from vessel_core.cases import (
     Case,
     fingerprint_cases,
     fit_cases,
+    image_fingerprints,
     one_class_error,
 )
 from vessel_core.knn import FitStopped, _image_and_fov, _subsample, smooth_inside
@@ -236,6 +237,7 @@ class ClassicFilters:
                 "settings": dict(self.settings),
                 "train_cases": [c.id for c in cases],
                 "train_fingerprint": fingerprint_cases(cases),
+                "train_images": image_fingerprints(cases),
                 "feature_names": self.feature_names(),
                 "coefficients": self.coef_.tolist(),
                 "intercept": self.intercept_,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from vessel_core.cases import Case
+from vessel_core.cases import Case, image_fingerprints
 from vessel_core.metrics import Report
 from vessel_core.progress import Progress, ProgressCallback, emit, should_stop
 
@@ -60,13 +60,25 @@ class AllBackground:
         return np.zeros(case.shape, np.float32)
 
 
-def trained_on(model: Any, case_ids: Sequence[str]) -> list[str]:
-    """Those of ``case_ids`` that ``model`` was trained on (its ``meta``), in order.
+def trained_on(model: Any, cases: Sequence[Case]) -> list[str]:
+    """The ids of those ``cases`` whose image ``model`` was trained on, in order.
 
-    Scores on them are optimistic: a model is judged on cases it never saw.
+    By image content (``meta["train_images"]``), so a training image under
+    another name or id counts, and another dataset's case ``01`` does not; a
+    model saved before that was recorded is matched by case id. Scores on such
+    cases are optimistic: a model is judged on images it never saw.
     """
-    seen = set((getattr(model, "meta", None) or {}).get("train_cases") or ())
-    return [cid for cid in case_ids if cid in seen]
+    meta = getattr(model, "meta", None) or {}
+    images = meta.get("train_images")
+    if images is not None:
+        seen = set(images)
+        return [
+            c.id
+            for c, fp in zip(cases, image_fingerprints(cases), strict=True)
+            if fp in seen
+        ]
+    ids = set(meta.get("train_cases") or ())
+    return [c.id for c in cases if c.id in ids]
 
 
 def summary_rows(

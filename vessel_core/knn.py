@@ -66,6 +66,7 @@ from vessel_core.cases import (
     Case,
     fingerprint_cases,
     fit_cases,
+    image_fingerprints,
     one_class_error,
 )
 from vessel_core.progress import Progress, emit, should_stop
@@ -925,6 +926,7 @@ class KNNModel:
                 "settings": dict(s),
                 "train_cases": [c.id for c in cases],
                 "train_fingerprint": fingerprint_cases(cases),
+                "train_images": image_fingerprints(cases),
                 "feature_names": ft.feature_names(fset),
                 "chosen_k": int(k),
                 "cv_best_k": cv_best,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from vessel_core.cases import Case, fingerprint_cases, fit_cases
+from vessel_core.cases import Case, fingerprint_cases, fit_cases, image_fingerprints
 from vessel_core.progress import Progress, emit
 
 logger = logging.getLogger(__name__)
@@ -551,6 +551,7 @@ class ResNetUNet:
             "settings": dict(self.settings),
             "train_cases": [c.id for c in train] + [c.id for c in val],
             "train_fingerprint": fingerprint_cases(list(train) + list(val)),
+            "train_images": image_fingerprints(list(train) + list(val)),
             "fit_cases": [c.id for c in train],
             "val_cases": [c.id for c in val],
             "scores": {"val": dict(state.best_scores)} if val else {},
