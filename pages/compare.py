@@ -124,7 +124,8 @@ if task is not None:
         task.stop()
         st.session_state[STOPPED_NOTE] = True  # told here, whichever tab collects
     _progress()
-if st.session_state.pop(STOPPED_NOTE, False):
+# told once the scoring has ended (in the tab that pressed Stop, too)
+if task is None and st.session_state.pop(STOPPED_NOTE, False):
     st.warning(
         "Scoring stopped; the figures below, if any, are from before. The maps "
         "already computed are kept: pressing the button again goes on from there."

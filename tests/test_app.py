@@ -851,6 +851,40 @@ def test_a_comparison_being_scored_goes_on_across_a_reload(
     assert sid not in _ui._scorings()
 
 
+def test_stop_is_told_in_the_tab_that_pressed_it_once_the_scoring_ends(
+    sample, sample_models, monkeypatch
+):
+    import threading
+
+    from pages import _ui
+    from vessel_core import compare
+
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
+    at = app("pages/compare.py", cases=sample, dataset="built-in sample")
+    model = store.load_model(sample_models / "knn-sample")
+    gate = threading.Event()
+
+    class Held:
+        threshold = model.threshold
+
+        def predict_proba(self, case):
+            gate.wait(30)
+            return model.predict_proba(case)
+
+    # a scoring another tab started (this tab is only watching it)
+    two = [c for c in sample if c.id in ("synth-03", "synth-04")]
+    label = {"models": ["knn-sample (knn)"], "cases": ["synth-03", "synth-04"]}
+    task = compare.Scoring({"knn-sample": Held()}, two, label=label)
+    _ui._scorings()[at.session_state["session_id"]] = task
+    at.run()
+    at.button(key="cmp_stop").click().run()
+    gate.set()
+    assert task.wait(30) and task.result.stopped
+    scored(at)
+    assert "Scoring stopped" in texts(at.warning)
+    assert not [b for b in at.button if b.key == "cmp_stop"]  # told after the end
+
+
 def test_an_address_naming_the_session_twice_keeps_it_once(sample):
     at = app(cases=sample, dataset="built-in sample")
     sid = at.session_state["session_id"]

@@ -874,8 +874,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     folder = store.save_model(model, out, overwrite=args.overwrite)
     early = ", stopped early (best so far kept)" if stop.is_set() else ""
+    used = len(model.meta.get("train_cases") or cases)  # a fit may leave some out
     print(
-        f"saved {args.kind} model to {folder}: {len(cases)} training case(s), "
+        f"saved {args.kind} model to {folder}: {used} training case(s), "
         f"threshold {float(model.threshold):.3f}, {seconds:.1f} s{early}"
     )
     return 0
