@@ -52,9 +52,14 @@ def drive_uploads(drive_root):
     ]
 
 
+#: Seconds one page run may take before AppTest fails it: generous, because a run
+#: beside a fit on a busy 2-core machine once took over 60 s.
+RUN_TIMEOUT = 180
+
+
 def app(page: str | None = None, **state) -> AppTest:
     """A fresh app session, with ``state`` in session_state, run on ``page``."""
-    at = AppTest.from_file(APP, default_timeout=60)
+    at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT)
     for key, value in state.items():
         at.session_state[key] = value
     at.run()
@@ -711,7 +716,7 @@ def test_compare_page_notes_name_the_model_they_concern(
 
 def reloaded(at: AppTest, page: str = "pages/home.py", **params) -> AppTest:
     """A new session at ``at``'s address, as a browser reload starts one."""
-    again = AppTest.from_file(APP, default_timeout=60)
+    again = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT)
     again.query_params = {**at.query_params, **params}
     again.run()
     if page != "pages/home.py":
