@@ -254,6 +254,9 @@ def set_cases(new_cases: Sequence[Case], dataset: str, unpaired=()) -> None:
     st.session_state[DATASET] = dataset
     st.session_state[UNPAIRED] = list(unpaired)
     st.session_state[LOAD_COUNT] = st.session_state.get(LOAD_COUNT, 0) + 1
+    # kept at once, not when the page has drawn its (long) table: another tab or a
+    # reload within that time gets the new data too
+    remember_session()
 
 
 def set_splits(splits: dict[str, str]) -> None:

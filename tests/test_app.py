@@ -890,6 +890,17 @@ def test_stop_is_told_in_the_tab_that_pressed_it_once_the_scoring_ends(
     assert not [b for b in at.button if b.key == "cmp_stop"]  # told after the end
 
 
+def test_a_load_is_kept_for_a_reload_as_soon_as_it_is_done():
+    from pages import _ui
+
+    at = app("pages/data.py")
+    at.button(key="load_sample").click().run()
+    # written by the load itself, before the page draws its table (AppTest runs
+    # the page alone here, so the end-of-run write does not happen)
+    kept = _ui._memory().recall(at.session_state["session_id"])
+    assert len(kept["cases"]) == 5 and kept["dataset"] == "built-in sample"
+
+
 def test_an_address_naming_the_session_twice_keeps_it_once(sample):
     at = app(cases=sample, dataset="built-in sample")
     sid = at.session_state["session_id"]
