@@ -103,11 +103,7 @@ def one_class_error(
     chosen by an undersampling, which may have dropped that class.
     """
     have, missing = ("vessel", "background") if vessel else ("background", "vessel")
-    empty = [
-        c.id
-        for c in cases
-        if c.vessel_mask is not None and not np.any(c.vessel_mask[c.fov_mask] != vessel)
-    ]
+    empty = one_class_cases(cases)  # the pixels hold one class: so do these masks
     message = (
         f"the training pixels hold only one class ({have}): a fit needs {missing} "
         "pixels too"
