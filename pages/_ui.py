@@ -61,14 +61,16 @@ UNPAIRED = "unpaired"
 LOAD_COUNT = "load_count"
 SAMPLING = "sampling_choice"
 COMPARE_RESULT = "compare_result"
+#: The models the Compare page last offered (one that appears later joins the choice).
+COMPARE_SEEN = "cmp_known_models"
 SESSION_ID = "session_id"
 #: Settings widgets keep their value across page switches.
 KEEP = "session"
 #: The page address's query parameter holding the session id (so a reload keeps it).
 SESSION_PARAM = "session"
 #: What a reload gets back: the loaded data, the undersampling, the last comparison
-#: and the values of the settings widgets (`kept`).
-KEPT = (CASES, DATASET, UNPAIRED, LOAD_COUNT, SAMPLING, COMPARE_RESULT)
+#: (and the models it offered) and the values of the settings widgets (`kept`).
+KEPT = (CASES, DATASET, UNPAIRED, LOAD_COUNT, SAMPLING, COMPARE_RESULT, COMPARE_SEEN)
 #: What this browser session last wrote to the session memory or read from it.
 SYNCED = "synced_with_memory"
 

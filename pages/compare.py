@@ -27,10 +27,11 @@ scorable = with_masks(loaded)
 test_ids = [c.id for c in with_masks(split_cases(loaded, "test"))]
 default_cases = test_ids or [c.id for c in scorable]
 default_models = list(refs)[:4]
-# a model that appeared since this session last looked joins the comparison
-known = st.session_state.get("cmp_known_models")
+# a model that appeared since this session last looked (a reload may lie between)
+# joins the comparison
+known = st.session_state.get(_ui.COMPARE_SEEN)
 added = [m for m in refs if known is not None and m not in known]
-st.session_state["cmp_known_models"] = list(refs)
+st.session_state[_ui.COMPARE_SEEN] = list(refs)
 if added and "cmp_models" in st.session_state:
     now = [m for m in st.session_state["cmp_models"] if m in refs]
     # another tab on this session may have added them already

@@ -671,6 +671,30 @@ def test_compare_page_warns_of_training_cases_and_adds_new_models(
     assert at.multiselect(key="cmp_cases").value == [c.id for c in trains]
 
 
+def test_compare_page_adds_a_model_saved_while_the_session_was_away(
+    sample, sample_models, tmp_path, monkeypatch
+):
+    import shutil
+
+    from pages import _ui
+
+    folder = tmp_path / "few"
+    shutil.copytree(sample_models / "knn-sample", folder / "knn-sample")
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(folder))
+    app("pages/compare.py", cases=sample)  # the pickers are drawn in this server
+    # a session that last saw the Compare page offer the KNN alone (set up front:
+    # app.py remembers it on the first run)
+    knn = ["knn-sample (knn)"]
+    at = app(cases=sample, cmp_models=knn, **{_ui.COMPARE_SEEN: knn})
+
+    # a model is saved meanwhile (by the CLI, another session), then a reload
+    shutil.copytree(sample_models / "classic-sample", folder / "classic-sample")
+    again = reloaded(at, "pages/compare.py")
+    chosen = again.multiselect(key="cmp_models").value
+    assert chosen == [*knn, "classic-sample (classic)"]
+    assert "Added to the comparison: classic\\-sample" in texts(again.caption)
+
+
 def test_train_page_names_training_cases_whose_masks_hold_one_class(sample):
     from dataclasses import replace
 
