@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,10 +175,11 @@ def classic(train, test):
     return "Classic filters (baseline)", out
 
 
-def resnet(train, test, model_dir: Path | None = None, flips=(1,)):
+def resnet(train, test, model_dir: Path | None = None, flips=(1,), precisions=(None,)):
     """The ResNet34 U-Net: a saved model folder if given, else a quick-preset fit.
 
-    One row per number of mirrored copies averaged (``flips``), same network.
+    One row per CPU precision (None: the model's own) and number of mirrored
+    copies averaged (``flips``), same network.
     """
     if model_dir is not None:
         model = store.load_model(model_dir)
@@ -188,16 +190,24 @@ def resnet(train, test, model_dir: Path | None = None, flips=(1,)):
         model.fit(train)
         how = f"quick preset trained here in {time.perf_counter() - started:.0f} s"
     meta = model.meta
+    own = model.settings["precision"]
     rows = []
-    for n in flips:
-        model.settings["flips"] = n
-        out = score_model(model, test, "resnet34")
-        out["notes"] = (
-            f"{how}; {meta.get('epochs_run')} epochs, "
-            f"{'ImageNet' if meta.get('pretrained') else 'random'} start"
-        )
-        name = f"ResNet34 U-Net ({meta['settings']['preset']})"
-        rows.append((name + (f", {n} flips averaged" if n > 1 else ""), out))
+    for precision in precisions:
+        model.use_precision(precision or own)
+        with warnings.catch_warnings(record=True) as fell_back:
+            warnings.simplefilter("always")
+            model.prepare()  # the network's set-up is not counted in seconds/image
+        for n in flips:
+            model.settings["flips"] = n
+            out = score_model(model, test, "resnet34")
+            out["notes"] = (
+                f"{how}; {meta.get('epochs_run')} epochs, "
+                f"{'ImageNet' if meta.get('pretrained') else 'random'} start"
+            ) + "".join(f"; {w.message}" for w in fell_back)
+            name = f"ResNet34 U-Net ({meta['settings']['preset']}"
+            name += f", {model.settings['precision']}" if precisions != (None,) else ""
+            name += f", {n} flips averaged)" if n > 1 else ")"
+            rows.append((name, out))
     return rows
 
 
@@ -266,6 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[1],
         help="for the 'resnet' row: mirrored copies averaged (one row each)",
     )
+    parser.add_argument(
+        "--resnet-precision",
+        nargs="+",
+        choices=["int8", "float32"],
+        help="for the 'resnet' row: CPU precisions to predict in (one row each; "
+        "default: the model's own)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -281,7 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in args.rows:
         started = time.perf_counter()
         if key == "resnet":
-            result = resnet(train, test, args.resnet_model, args.resnet_flips)
+            result = resnet(
+                train,
+                test,
+                args.resnet_model,
+                args.resnet_flips,
+                tuple(args.resnet_precision or [None]),
+            )
         elif key == "observer":
             result = second_observer(train, test, args.drive)
         else:
