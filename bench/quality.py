@@ -193,19 +193,18 @@ def resnet(train, test, model_dir: Path | None = None, flips=(1,), precisions=(N
     own = model.settings["precision"]
     rows = []
     for precision in precisions:
-        model.use_precision(precision or own)
+        exact = model.with_prediction(precision=precision or own)
         with warnings.catch_warnings(record=True) as fell_back:
             warnings.simplefilter("always")
-            model.prepare()  # the network's set-up is not counted in seconds/image
+            exact.prepare()  # the network's set-up is not counted in seconds/image
         for n in flips:
-            model.settings["flips"] = n
-            out = score_model(model, test, "resnet34")
+            out = score_model(exact.with_prediction(flips=n), test, "resnet34")
             out["notes"] = (
                 f"{how}; {meta.get('epochs_run')} epochs, "
                 f"{'ImageNet' if meta.get('pretrained') else 'random'} start"
             ) + "".join(f"; {w.message}" for w in fell_back)
             name = f"ResNet34 U-Net ({meta['settings']['preset']}"
-            name += f", {model.settings['precision']}" if precisions != (None,) else ""
+            name += f", {exact.settings['precision']}" if precisions != (None,) else ""
             name += f", {n} flips averaged)" if n > 1 else ")"
             rows.append((name, out))
     return rows

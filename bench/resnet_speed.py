@@ -126,7 +126,7 @@ def prediction(
             )
         )
 
-    model.use_precision("float32")
+    model = model.with_prediction(precision="float32")
     fast = model._inference_net()
     fast_in = full.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -158,7 +158,6 @@ def prediction(
                     fastest(lambda: traced(fast_in), repeat),
                 )
             )
-    model.use_precision("float32")
     rows.append(
         (
             "predict_proba, float32 (adds input normalisation, CLAHE)",
@@ -166,14 +165,13 @@ def prediction(
         )
     )
     if model.calibrate_int8(calibration) if model._int8_ranges is None else True:
-        model.use_precision("int8")
+        quantized = model.with_prediction(precision="int8")
         rows.append(
             (
                 "predict_proba, int8 (quantized FX graph)",
-                fastest(lambda: model.predict_proba(case), repeat),
+                fastest(lambda: quantized.predict_proba(case), repeat),
             )
         )
-        model.use_precision("float32")
     return rows
 
 

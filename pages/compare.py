@@ -17,7 +17,7 @@ RESULT = _ui.COMPARE_RESULT
 st.title("4. Compare")
 
 loaded = _ui.require_cases(need_masks=True)
-refs = {r.label: r for r in _ui.model_refs()}
+refs = {r.label: r for r in _ui.model_refs(variants=True)}
 if not refs:
     st.info("No model yet: train one on the Train page (or put one under models/).")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")
@@ -26,11 +26,13 @@ if not refs:
 scorable = with_masks(loaded)
 test_ids = [c.id for c in with_masks(split_cases(loaded, "test"))]
 default_cases = test_ids or [c.id for c in scorable]
-default_models = list(refs)[:4]
+default_models = [m for m in refs if not refs[m].prediction][:4]
 # a model that appeared since this session last looked (a reload may lie between)
-# joins the comparison
+# joins the comparison (not its slower variant)
 known = st.session_state.get(_ui.COMPARE_SEEN)
-added = [m for m in refs if known is not None and m not in known]
+added = [
+    m for m in refs if known is not None and m not in known and not refs[m].prediction
+]
 st.session_state[_ui.COMPARE_SEEN] = list(refs)
 if added and "cmp_models" in st.session_state:
     now = [m for m in st.session_state["cmp_models"] if m in refs]
@@ -49,6 +51,7 @@ with left:
         default=default_models,
         key=_ui.kept("cmp_models"),
         persist_state=_ui.KEEP,
+        help=_ui.VARIANT_HELP,
     )
 with right:
     split_of = {c.id: c.split for c in scorable}

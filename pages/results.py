@@ -16,7 +16,7 @@ SHOWN = ("f1", "sensitivity", "specificity", "precision", "accuracy", "mcc", "au
 st.title("5. Results")
 
 loaded = _ui.require_cases()
-refs = {r.label: r for r in _ui.model_refs()}
+refs = {r.label: r for r in _ui.model_refs(variants=True)}
 if not refs:
     st.info("No model yet: train one on the Train page (or put one under models/).")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")
@@ -39,7 +39,11 @@ with left:
     )
 with right:
     label = st.selectbox(
-        "Model", list(refs), key=_ui.kept("res_model"), persist_state=_ui.KEEP
+        "Model",
+        list(refs),
+        key=_ui.kept("res_model"),
+        persist_state=_ui.KEEP,
+        help=_ui.VARIANT_HELP,
     )
 case, ref = by_id[case_id], refs[label]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io as io_module
 import re
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -955,3 +956,63 @@ def test_an_error_is_drawn_as_written_with_its_lists_apart():
         _ui.plain("... and 2 more"),
     ]
     assert "\\*star\\*" in drawn  # a name, not italics
+
+
+@pytest.fixture(scope="module")
+def resnet_models(sample, tmp_path_factory):
+    """An untrained ResNet (int8, one pass) saved like a trained one: its maps
+    vary more than those of a few tiny batches, which saturate on the sample."""
+    from vessel_core import _resnet_net
+    from vessel_core.resnet import ResNetUNet, _arch
+
+    folder = tmp_path_factory.mktemp("resnet_models")
+    model = ResNetUNet(pretrained=False)
+    model.net = _resnet_net.build_unet(_arch(model.settings), seed=0).eval()
+    assert model.calibrate_int8(split_cases(sample, "train"))
+    store.save_model(model, folder / "tiny-resnet")
+    return folder
+
+
+def test_a_resnet_is_also_offered_with_its_best_prediction(
+    sample, resnet_models, monkeypatch
+):
+    from pages import _ui
+    from vessel_core import metrics
+    from vessel_core.resnet import BEST_PREDICTION
+
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(resnet_models))
+    plain = "tiny-resnet (resnet34)"
+    best = "tiny-resnet, float32, 4 mirrored copies (resnet34)"
+    at = app(cases=sample, dataset="built-in sample")
+    listed = texts(at.sidebar.markdown)  # the models there: the variant is none
+    assert "tiny-resnet *(resnet34, saved)*" in listed and "mirrored" not in listed
+    at.switch_page("pages/compare.py").run()
+    picker = at.multiselect(key="cmp_models")
+    assert picker.options == [plain, best]
+    assert picker.value == [plain]  # the slower variant only when asked for
+    picker.set_value([plain, best]).run()
+    score(at)
+    assert not at.error, as_drawn(at.error)
+    table = at.table[0].value
+    names = ["tiny-resnet", "tiny-resnet, float32, 4 mirrored copies"]
+    assert list(table.index) == [*names, "all background"]
+
+    at.switch_page("pages/results.py").run()
+    at.selectbox(key="res_model").set_value(best).run()
+    assert not at.error, as_drawn(at.error)
+    case = next(c for c in sample if c.id == at.selectbox(key="res_case").value)
+    model = store.load_model(resnet_models / "tiny-resnet")
+    assert model.settings["precision"] == "int8"  # the saved model is unchanged
+    wanted = model.with_prediction(**BEST_PREDICTION).predict_proba(case)
+    assert np.abs(wanted - model.predict_proba(case)).max() > 0.1
+
+    def missing():
+        raise AssertionError("the page did not predict with the variant")
+
+    key = (f"{_ui._folder_key(resnet_models / 'tiny-resnet')}|best", case.fingerprint())
+    shown_map, _ = _ui._maps().get(key, missing)
+    np.testing.assert_allclose(shown_map, wanted, atol=1e-6)
+    with warnings.catch_warnings():  # it calls no pixel a vessel: no precision
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        got = metrics.score(case.vessel_mask, wanted, case.fov_mask, model.threshold)
+    assert {m.label: m.value for m in at.metric}["AUC ROC"] == _ui.fmt(got["auc_roc"])

@@ -395,15 +395,6 @@ def tiled_inputs(monkeypatch):
     return seen
 
 
-def _twin(model: ResNetUNet, **settings) -> ResNetUNet:
-    """The trained network of ``model`` under other settings (no second fit)."""
-    twin = ResNetUNet(**{**TINY, **settings})
-    twin.net = model.net
-    twin.threshold = model.threshold
-    twin.meta = {**model.meta, "settings": dict(twin.settings)}
-    return twin
-
-
 def test_an_image_at_twice_the_training_scale_is_predicted_at_it(trained, tiled_inputs):
     model, _ = trained
     assert model.settings["match_scale"] is True  # the default
@@ -430,7 +421,7 @@ def test_an_image_within_15_percent_of_the_training_scale_keeps_its_size(
 
 
 def test_match_scale_false_predicts_at_the_native_size(trained, tiled_inputs):
-    native = _twin(trained[0], match_scale=False)
+    native = trained[0].with_prediction(match_scale=False)
     prob = native.predict_proba(tiny_case("big", 9, (192, 192)))
     assert tiled_inputs == [(192, 192)]
     assert prob.shape == (192, 192)
@@ -440,7 +431,8 @@ def test_match_scale_survives_saving_and_an_old_model_json_loads(
     trained, tmp_path, tiled_inputs
 ):
     model, _ = trained
-    folder = store.save_model(_twin(model, match_scale="false"), tmp_path / "off")
+    off = model.with_prediction(match_scale="false")
+    folder = store.save_model(off, tmp_path / "off")
     loaded = store.load_model(folder)
     assert loaded.settings["match_scale"] is False
 
@@ -471,12 +463,12 @@ def _box_logits(x: torch.Tensor) -> torch.Tensor:
 def test_flips_average_the_maps_of_the_mirrored_images(trained, cases):
     model, _ = trained
     case = cases[0]
-    plain = _twin(model).predict_proba(case)
+    plain = model.predict_proba(case)
     mirrored = Case("m", case.image[:, ::-1].copy(), case.fov_mask[:, ::-1].copy())
-    mirror_map = _twin(model).predict_proba(mirrored)[:, ::-1]
-    two = _twin(model, flips=2).predict_proba(case)
+    mirror_map = model.predict_proba(mirrored)[:, ::-1]
+    two = model.with_prediction(flips=2).predict_proba(case)
     np.testing.assert_allclose(two, (plain + mirror_map) / 2, atol=1e-6)
-    four = _twin(model, flips=4).predict_proba(case)
+    four = model.with_prediction(flips=4).predict_proba(case)
     assert four.shape == case.shape and four.dtype == np.float32
     assert not np.allclose(four, plain)
     assert np.all(four[~case.fov_mask] == 0)
@@ -693,25 +685,23 @@ def test_int8_network_follows_the_float_one_and_survives_saving(
     t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
     with torch.no_grad():
         exact = model._fresh_net()(t)
-    try:
-        assert model.calibrate_int8(cases)
-        model.use_precision("int8")
-        with torch.no_grad():
-            quick = model._inference_net()(t)
-        assert type(quick) is torch.Tensor and quick.shape == exact.shape
-        # a barely trained network's probabilities hardly vary, so compare logits
-        r = np.corrcoef(quick.flatten(), exact.flatten())[0, 1]
-        assert r > 0.98
-        assert float((quick - exact).abs().mean()) < 0.1 * float(exact.std())
+    assert model.calibrate_int8(cases)
+    quick_model = model.with_prediction(precision="int8")
+    with torch.no_grad():
+        quick = quick_model._inference_net()(t)
+    assert type(quick) is torch.Tensor and quick.shape == exact.shape
+    # a barely trained network's probabilities hardly vary, so compare logits
+    r = np.corrcoef(quick.flatten(), exact.flatten())[0, 1]
+    assert r > 0.98
+    assert float((quick - exact).abs().mean()) < 0.1 * float(exact.std())
 
-        prob = model.predict_proba(case)
-        folder = store.save_model(model, tmp_path / "q")
-        assert (folder / "int8_ranges.pt").is_file()
-        loaded = store.load_model(folder)
-        assert loaded.settings["precision"] == "int8"
-        np.testing.assert_allclose(loaded.predict_proba(case), prob, atol=1e-6)
-    finally:
-        model.use_precision("float32")
+    prob = quick_model.predict_proba(case)
+    folder = store.save_model(quick_model, tmp_path / "q")
+    assert (folder / "int8_ranges.pt").is_file()
+    loaded = store.load_model(folder)
+    assert loaded.settings["precision"] == "int8"
+    np.testing.assert_allclose(loaded.predict_proba(case), prob, atol=1e-6)
+    assert model.settings["precision"] == "float32"  # the copy changed alone
 
 
 def test_int8_without_calibration_falls_back_to_float32(trained, cases):
@@ -722,9 +712,23 @@ def test_int8_without_calibration_falls_back_to_float32(trained, cases):
     np.testing.assert_allclose(prob, trained[0].predict_proba(cases[0]), atol=1e-5)
 
 
-def test_use_precision_names_the_choices(trained):
+def test_with_prediction_checks_what_it_changes(trained):
     with pytest.raises(ValueError, match="precision must be one of"):
-        trained[0].use_precision("float16")
+        trained[0].with_prediction(precision="float16")
+    with pytest.raises(ValueError, match=r"\['epochs'\] cannot change after training"):
+        trained[0].with_prediction(epochs=3)
+
+
+def test_with_prediction_shares_the_weights_and_leaves_the_model_alone(trained, cases):
+    model, _ = trained
+    before = model.predict_proba(cases[0])
+    four = model.with_prediction(flips=4, tile_size=96)
+    assert four.net is model.net and four.threshold == model.threshold
+    assert (four.settings["flips"], model.settings["flips"]) == (4, 1)
+    tiles = [m.meta["settings"]["tile_size"] for m in (four, model)]
+    assert tiles == [96, 64]
+    assert not np.allclose(four.predict_proba(cases[0]), before)
+    np.testing.assert_array_equal(model.predict_proba(cases[0]), before)
 
 
 def test_thread_policy_leaves_the_busy_cores_alone():
