@@ -741,9 +741,8 @@ class ResNetUNet:
         """This model predicting with other prediction settings: a copy that shares
         the trained weights (and the int8 ranges), so both can be used at once.
 
-        Only the settings that change how a map is computed, not what was
-        learned, may change: ``precision``, ``flips``, ``tile_size``,
-        ``tile_overlap``, ``match_scale`` and ``num_threads``.
+        Only `PREDICTION_SETTINGS` may change: how a map is computed, not what
+        was learned.
         """
         import copy
 
@@ -756,9 +755,8 @@ class ResNetUNet:
         other = copy.copy(self)
         other.settings = _resolve({**self.settings, **settings})
         other.meta = {**self.meta, "settings": dict(other.settings)}
-        rebuild = ("precision", "tile_size", "tile_overlap")
-        if any(other.settings[k] != self.settings[k] for k in rebuild):
-            other._fast_net = None
+        if other.settings["precision"] != self.settings["precision"]:
+            other._fast_net = None  # the network built for the other precision
         if other.settings["num_threads"] != self.settings["num_threads"]:
             other._threads = None
         return other
