@@ -505,6 +505,29 @@ def test_evaluate_model_and_predict(dataset, tmp_path, capsys, green_kind):
     assert "no image could be predicted" in err and "notanimage.png" in err
 
 
+def test_resnet_prediction_flags_refuse_other_models(
+    dataset, tmp_path, capsys, green_kind
+):
+    model_dir = tmp_path / "models" / "g"
+    _run(capsys, "-q", "train", "green-test", "--data", dataset, "--out", model_dir)
+
+    code, _, err = _run(
+        capsys, "evaluate", "--model", model_dir, "--data", dataset, "--flips", "4"
+    )
+    assert code == 2
+    assert "--flips only apply to a ResNet model" in err and "green-test" in err
+
+    code, _, err = _run(
+        capsys, "evaluate", "--pred", tmp_path, "--data", dataset, "--precision", "int8"
+    )
+    assert code == 2 and "--precision need --model" in err
+
+    with pytest.raises(SystemExit):  # argparse: not one of 1, 2, 4
+        cli.build_parser().parse_args(
+            ["predict", "--model", "m", "x", "--out", "o", "--flips", "3"]
+        )
+
+
 def test_evaluate_missing_model_is_one_line(dataset, tmp_path, capsys):
     code, _, err = _run(
         capsys, "evaluate", "--model", tmp_path / "nope", "--data", dataset

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vessel_core import preprocess, store
+from vessel_core import io, preprocess, store
 from vessel_core._resnet_data import CropDataset, VesselLoss, network_input
 from vessel_core._resnet_fit import CHECKPOINT_FILE
 from vessel_core._resnet_net import (
@@ -472,6 +472,44 @@ def test_flips_average_the_maps_of_the_mirrored_images(trained, cases):
     assert four.shape == case.shape and four.dtype == np.float32
     assert not np.allclose(four, plain)
     assert np.all(four[~case.fov_mask] == 0)
+
+
+def test_command_line_predicts_with_the_prediction_flags(trained, tmp_path, capsys):
+    from PIL import Image
+
+    from vessel_core import cli
+
+    model, _ = trained
+    folder = store.save_model(model, tmp_path / "m")
+    case = tiny_case("eye", 7)
+    photo = tmp_path / "in" / "eye.png"
+    photo.parent.mkdir()
+    Image.fromarray(case.image).save(photo)
+
+    def written(*flags):
+        out = tmp_path / "out" / "-".join(flags or ("plain",))
+        code = cli.main(
+            [
+                "-q",
+                "predict",
+                "--model",
+                str(folder),
+                str(photo),
+                "--out",
+                str(out),
+                *flags,
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+        return np.asarray(Image.open(out / "eye_prob.png")).astype(int)
+
+    four = written("--flips", "4")
+    plain = written()
+    # predict estimates the FOV of a photograph
+    eye = Case("eye", case.image, io.estimate_fov(case.image))
+    expected = store.load_model(folder).with_prediction(flips=4).predict_proba(eye)
+    assert np.abs(four - np.round(expected * 255)).max() <= 1
+    assert np.abs(four - plain).max() > 2  # the flag changed the map
 
 
 def test_flips_must_be_1_2_or_4_and_do_not_change_a_checkpoint(cases):

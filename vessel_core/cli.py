@@ -51,6 +51,7 @@ from vessel_core import io as vio
 from vessel_core import metrics, store
 from vessel_core.cases import Case, split_cases, with_masks
 from vessel_core.progress import StopFlag, log_progress
+from vessel_core.resnet import ResNetUNet
 
 logger = logging.getLogger("vessel_core.cli")
 
@@ -59,6 +60,8 @@ _GREY_TOLERANCE = 16
 _IMAGE_FORMATS = ("TIFF", "GIF", "PNG", "JPEG", "BMP", "PPM")
 # train's own options; a model setting with one of these names gets a --model- prefix
 _TRAIN_OPTIONS = {"data", "out", "split", "seed", "strategy", "sampling", "help"}
+# the prediction settings the command line can change (ResNet models)
+PREDICTION_OPTIONS = ("precision", "flips")
 _TABLE_KEYS = (
     "accuracy",
     "sensitivity",
@@ -197,6 +200,7 @@ def build_parser(model_cls: type | None = None) -> argparse.ArgumentParser:
         choices=SPLIT_CHOICES,
         help="which cases to score (default: all with --pred, test with --model)",
     )
+    _add_prediction(p)
     _add_json(p)
     p.set_defaults(run=run_evaluate)
 
@@ -253,6 +257,7 @@ def build_parser(model_cls: type | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold", type=_unit_float, help="default: the model's threshold"
     )
+    _add_prediction(p)
     p.set_defaults(run=run_predict)
     return parser
 
@@ -272,6 +277,45 @@ def _add_verbosity(p: argparse.ArgumentParser, default: Any) -> None:
         default=default,
         help="log debug messages too",
     )
+
+
+def _add_prediction(p: argparse.ArgumentParser) -> None:
+    """--precision and --flips: how a ResNet model predicts (`with_prediction`)."""
+    choices = ResNetUNet.SETTING_CHOICES
+    group = p.add_argument_group("ResNet prediction (default: the model's own)")
+    group.add_argument(
+        "--precision",
+        choices=choices["precision"],
+        help="int8 is about twice as fast; float32 a little more accurate",
+    )
+    group.add_argument(
+        "--flips",
+        type=int,
+        choices=choices["flips"],
+        help="average the maps of this many mirrored copies (slower, a little "
+        "more accurate)",
+    )
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    """The model of ``--model``, predicting as ``--precision``/``--flips`` say,
+    set up for prediction (`store.ready`)."""
+    model = store.load_model(args.model)
+    given = {
+        key: value
+        for key in PREDICTION_OPTIONS
+        if (value := getattr(args, key, None)) is not None
+    }
+    if given:
+        change = getattr(model, "with_prediction", None)
+        if change is None:
+            flags = " and ".join(f"--{key}" for key in given)
+            raise ValueError(
+                f"{args.model}: {flags} only apply to a ResNet model; this one is "
+                f"{model.kind!r}"
+            )
+        model = change(**given)
+    return store.ready(model)
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
@@ -606,6 +650,9 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: score saved predictions (--pred) or a model (--model)."""
     if args.pred is not None:
+        given = [f"--{k}" for k in PREDICTION_OPTIONS if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} need --model, not --pred")
         report = _evaluate_predictions(args)
     else:
         report = _evaluate_model(args)
@@ -687,7 +734,7 @@ def _evaluate_predictions(args: argparse.Namespace) -> metrics.Report:
 
 
 def _evaluate_model(args: argparse.Namespace) -> metrics.Report:
-    model = store.ready(store.load_model(args.model))
+    model = _load_model(args)
     threshold = _threshold(args.threshold, model.threshold)
     found = _discover(args.data)
     split = args.split or "test"
@@ -915,7 +962,7 @@ class _stop_on_ctrl_c:
 def run_predict(args: argparse.Namespace) -> int:
     """``predict``: probability and vessel maps for images."""
     paths = _expand_inputs(args.inputs)
-    model = store.ready(store.load_model(args.model))
+    model = _load_model(args)
     threshold = _threshold(args.threshold, model.threshold)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
