@@ -12,7 +12,14 @@ for a comparison bench.
 
 scores the best epoch so far of a fit that is still running (or was cut off),
 without training (`ResNetUNet.from_checkpoint`): the checkpoint is only read, so
-the running fit and its checkpoint are left as they are.
+the running fit and its checkpoint are left as they are. With
+`--average FILE...` (copies of that checkpoint kept after other epochs) the
+model is the mean of those epochs' weights instead; that is how the shipped
+`models/resnet34-full` was made from its fit of 50 epochs:
+
+    python bench/train_resnet.py --preset full --snapshot --out models/resnet34-full \
+        --set checkpoint_dir=runs/resnet34-full/ckpt \
+        --average runs/resnet34-full/epochs/epoch-{40..50}.pt
 """
 
 from __future__ import annotations
@@ -44,12 +51,18 @@ def drive_dir() -> Path:
 
 
 def bench_row(
-    train_cases, test_cases, preset: str = "quick", snapshot: bool = False, **settings
+    train_cases,
+    test_cases,
+    preset: str = "quick",
+    snapshot: bool = False,
+    average=(),
+    **settings,
 ):
     """Train on ``train_cases``, score ``test_cases``: ``(name, figures, model)``.
 
-    With ``snapshot``, the model is the best epoch of the checkpoint in
-    ``settings["checkpoint_dir"]`` instead of a new fit.
+    With ``snapshot``, the model is the checkpoint in ``settings["checkpoint_dir"]``
+    instead of a new fit (with ``average``, the mean of those checkpoint files'
+    weights: `ResNetUNet.from_checkpoint`).
 
     ``figures`` holds the test Report's ``mean`` and ``pooled`` figures, the
     threshold, the training wall time and the prediction seconds per image.
@@ -57,7 +70,11 @@ def bench_row(
     start = time.perf_counter()
     if snapshot:
         model = ResNetUNet.from_checkpoint(
-            settings["checkpoint_dir"], train_cases, preset=preset, **settings
+            settings["checkpoint_dir"],
+            train_cases,
+            average,
+            preset=preset,
+            **settings,
         )
     else:
         model = ResNetUNet(preset=preset, **settings)
@@ -76,6 +93,7 @@ def bench_row(
         "predict_seconds_per_image": predict_seconds,
         "epochs_run": model.meta["epochs_run"],
         "best_epoch": model.meta["best_epoch"],
+        "weights": model.meta["weights"],
         "pretrained": model.meta["pretrained"],
     }
     return f"resnet34-{preset}", figures, model
@@ -99,7 +117,21 @@ def main(argv: list[str] | None = None) -> int:
         help="score the best epoch so far of the checkpoint in checkpoint_dir, "
         "without training and without touching that checkpoint",
     )
+    p.add_argument(
+        "--average",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="with --snapshot: checkpoint files of the same fit after other "
+        "epochs; the model is the mean of their weights",
+    )
     args = p.parse_args(argv)
+    if args.average and not args.snapshot:
+        raise SystemExit("--average needs --snapshot")
+    missing = [str(f) for f in args.average if not f.is_file()]
+    if missing:
+        raise SystemExit(f"--average: no such file: {', '.join(missing)}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%X"
     )
@@ -116,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         name, figures, model = bench_row(
-            train, test, args.preset, args.snapshot, **settings
+            train, test, args.preset, args.snapshot, args.average, **settings
         )
     except ValueError as exc:
         if not args.snapshot:
@@ -134,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         trained = f"snapshot of {source}"
     print(
         f"\n{name}: {trained} "
-        f"({figures['epochs_run']} epochs, best {figures['best_epoch']}, "
+        f"({figures['epochs_run']} epochs, kept {figures['weights']}, "
         f"ImageNet weights: {figures['pretrained']}), threshold "
         f"{figures['threshold']:.3f}, predict "
         f"{figures['predict_seconds_per_image']:.2f} s/image"

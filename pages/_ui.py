@@ -90,6 +90,23 @@ def kept(key: str) -> str:
     return key
 
 
+def still_offered(key: str, options: Sequence[Any], fallback: Sequence[Any]) -> None:
+    """Before a kept multiselect is drawn: keep the part of its choice still among
+    ``options``, or ``fallback`` when none of it is (another dataset was loaded).
+
+    Streamlit would drop the missing values itself and leave the box empty. An
+    empty choice the user made stays empty.
+    """
+    if key not in st.session_state:
+        return
+    chosen = list(st.session_state[key])
+    still = [v for v in chosen if v in options]
+    if chosen and not still:
+        still = [v for v in fallback if v in options]
+    if still != chosen:
+        st.session_state[key] = still
+
+
 # ---------------------------------------------------------------------------------
 # Session state
 
@@ -441,6 +458,16 @@ class ModelRef:
         if self.path is None:
             return f"{self.name} ({self.kind}, {self.origin})"
         return f"{self.name} ({self.kind})"
+
+    @property
+    def file_stem(self) -> str:
+        """The name fit for a downloaded file: ``resnet34-full_float32_4-mirrored``
+        for ``resnet34-full, float32, 4 mirrored copies`` (no commas or spaces)."""
+        words = re.sub(r"\bcop(y|ies)\b", "", self.name)
+        parts = [
+            re.sub(r"[^\w.-]+", "-", p.strip()).strip("-") for p in words.split(",")
+        ]
+        return "_".join(p for p in parts if p) or "model"
 
 
 def _folder_key(path: Path) -> str:

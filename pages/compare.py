@@ -43,6 +43,10 @@ if kept is not None:  # after a reload the pickers start from the kept compariso
     default_models = [m for m in kept["models"] if m in refs] or default_models
     ids = {c.id for c in scorable}
     default_cases = [i for i in kept["cases"] if i in ids] or default_cases
+# a choice made before another dataset was loaded (or its models removed) offers
+# nothing that exists now: it starts again from the defaults, not empty
+_ui.still_offered("cmp_models", list(refs), default_models)
+_ui.still_offered("cmp_cases", [c.id for c in scorable], default_cases)
 left, right = st.columns(2)
 with left:
     chosen_models = st.multiselect(

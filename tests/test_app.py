@@ -506,11 +506,12 @@ def test_data_page_says_a_load_replaces_the_cases_loaded_before(sample, drive_up
 def test_data_page_warns_of_refused_files_and_forgets_them_on_the_next_load(
     drive_uploads,
 ):
-    html_name = "<img src=x onerror=alert(1)>.png"
+    # not named as images (one so named would stop the load: the test below)
+    html_name = "<img src=x onerror=alert(1)>.html"
     refused = [
-        ("fake.png", b"just text, renamed", "image/png"),
-        ("empty.png", b"", "image/png"),
-        (html_name, b"<b>text</b>", "image/png"),
+        ("fake.txt", b"just text, renamed", "text/plain"),
+        ("empty.dat", b"", "application/octet-stream"),
+        (html_name, b"<b>text</b>", "text/html"),
     ]
     at = app("pages/data.py")
     at.radio(key="data_source").set_value("Upload files").run()
@@ -521,7 +522,7 @@ def test_data_page_warns_of_refused_files_and_forgets_them_on_the_next_load(
     warning = texts(at.warning)
     assert "3 files not used" in warning
     shown = warning.replace("\\", "")  # Markdown escapes, gone once drawn
-    assert "- fake.png: " in shown and "- empty.png: " in shown
+    assert "- fake.txt: " in shown and "- empty.dat: " in shown
     assert f"- {html_name}: " in shown
     assert "\\<img src\\=x" in warning  # escaped: text, never HTML
     assert "3 file(s) not used" in texts(at.subheader)
@@ -539,6 +540,14 @@ def test_data_page_warns_of_refused_files_and_forgets_them_on_the_next_load(
     assert len(at.session_state["cases"]) == 2
     assert "not used" not in texts(at.subheader)
     assert len(at.dataframe) == 1  # the cases; no table of refused files
+
+    # a text file named as an image stops the load too, and says so
+    fake = ("02_test.tif", b"just text, renamed", "image/tiff")
+    at.file_uploader(key="upload_files").set_value([*drive_uploads, fake]).run()
+    at.button(key="load_uploads").click().run()
+    error = as_drawn(at.error)
+    assert "'02_test.tif': not an image: the content is text" in error
+    assert len(at.session_state["cases"]) == 2
 
 
 def test_allowed_folder_takes_a_path_from_the_project_folder_too(tmp_path, monkeypatch):
@@ -831,6 +840,30 @@ def test_compare_page_pickers_start_from_the_kept_comparison(
     assert list(again.table[0].value.index) == ["knn-sample", "all background"]
 
 
+def test_compare_page_chooses_the_new_cases_after_another_load(
+    sample, sample_models, monkeypatch
+):
+    from dataclasses import replace
+
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(sample_models))
+    at = app("pages/compare.py", cases=sample, dataset="built-in sample")
+    at.multiselect(key="cmp_models").set_value(["knn-sample (knn)"]).run()
+    assert at.multiselect(key="cmp_cases").value == ["synth-04"]
+
+    # another dataset: none of the chosen cases exists any more
+    other = [replace(c, id=f"new-{c.id}") for c in sample]
+    at.session_state["cases"] = other
+    at.run()
+    assert at.multiselect(key="cmp_cases").value == ["new-synth-04"]  # its test case
+    assert at.multiselect(key="cmp_models").value == ["knn-sample (knn)"]  # kept
+    assert not at.warning or "default value" not in texts(at.warning)
+
+    # a choice the user emptied stays empty
+    at.multiselect(key="cmp_cases").set_value([]).run()
+    at.run()
+    assert at.multiselect(key="cmp_cases").value == []
+
+
 def test_a_comparison_being_scored_goes_on_across_a_reload(
     sample, sample_models, monkeypatch
 ):
@@ -1016,3 +1049,16 @@ def test_a_resnet_is_also_offered_with_its_best_prediction(
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
         got = metrics.score(case.vessel_mask, wanted, case.fov_mask, model.threshold)
     assert {m.label: m.value for m in at.metric}["AUC ROC"] == _ui.fmt(got["auc_roc"])
+
+
+def test_download_names_have_no_commas_or_spaces():
+    from pages import _ui
+
+    def stem(name):
+        return _ui.ModelRef("key", name, "resnet34", "saved").file_stem
+
+    assert stem("resnet34-full, float32, 4 mirrored copies") == (
+        "resnet34-full_float32_4-mirrored"
+    )
+    assert stem("knn-DRIVE") == "knn-DRIVE"
+    assert stem("my model (2)") == "my-model-2"

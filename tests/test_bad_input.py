@@ -961,24 +961,55 @@ def test_one_bad_upload_does_not_hide_the_others():
     with pytest.raises(vio.LoadError) as err:
         vio.load_files(files)
     message = str(err.value)
-    # two problems (the mismatch names an image and its mask), three files
-    problems, also = message.split(
-        "\nAlso not used (these alone would not stop a load):"
-    )
-    assert "nothing was loaded, because of 2 problems:" in problems
-    assert "case1_manual.png" in problems and "trunc.png" in problems
-    assert "empty.png" in also and "empty.png" not in problems
+    # three problems (the mismatch names an image and its mask), four files
+    assert "nothing was loaded, because of 3 problems:" in message
+    assert "case1_manual.png" in message and "trunc.png" in message
+    assert "'empty.png': not an image: the file is empty" in message
+    assert "Also not used" not in message
     assert "upload:" not in message  # named as the user named them
+
+
+def test_an_empty_zip_upload_is_named():
+    buffer = io.BytesIO()
+    zipfile.ZipFile(buffer, "w").close()
+    with pytest.raises(vio.LoadError, match="^'empty.zip': no files found"):
+        vio.load_files([("empty.zip", buffer.getvalue())])
 
 
 def test_an_empty_file_and_broken_gzip_are_told_apart():
     image = np.full((64, 64, 3), 120, np.uint8)
     broken = b"\x1f\x8b" + b"\x00" * 40  # gzip's magic, then nothing that unpacks
     files = [("a.png", encode(image)), ("empty.png", b""), ("b.ppm.gz", broken)]
-    found = vio.load_files(files)
+    with pytest.raises(vio.LoadError) as err:  # named as images: they stop it
+        vio.load_files(files)
+    message = str(err.value)
+    assert "'empty.png': not an image: the file is empty; the copy" in message
+    assert "'b.ppm.gz': not an image: gzip data that does not unpack" in message
+    assert "damaged or incomplete" in message
+
+
+def test_a_file_named_as_an_image_stops_the_load_like_a_damaged_one():
+    """One rule: a file whose name says image and that cannot be read as one
+    stops the load (what was loaded stays); anything else is listed, not used."""
+    image = np.full((64, 64, 3), 120, np.uint8)
+    good = [("01_test.tif", encode(image, "TIFF"))]
+    text = b"this is not an image, this is text"
+    with pytest.raises(vio.LoadError) as err:
+        vio.load_files([*good, ("03_test.tif", text)])
+    message = str(err.value)
+    assert "nothing was loaded" in message
+    assert "'03_test.tif': not an image: the content is text" in message
+    assert "expected TIFF" in message  # what to do about it
+    with pytest.raises(vio.LoadError, match="'02_test.tif': truncated or corrupt"):
+        vio.load_files([*good, ("02_test.tif", encode(image, "TIFF")[:60])])
+
+    found = vio.load_files([*good, ("notes.txt", text)])
+    assert [c.id for c in found.cases] == ["01"]
     why = {vio.source_name(u.path): u.reason for u in found.unpaired}
-    assert why["empty.png"] == "not an image: the file is empty; not read"
-    assert "gzip data that does not unpack" in why["b.ppm.gz"]
+    assert why == {
+        "notes.txt": "not an image: the content is text (starting "
+        "'this is not an image, th'); not read"
+    }
 
 
 def test_a_text_file_is_named_as_text_with_a_one_line_preview():

@@ -665,13 +665,17 @@ def test_unreadable_member_is_reported_with_its_name(tmp_path):
 
 def test_non_images_are_listed_not_read(tmp_path):
     save(tmp_path / "images" / "a.png", fundus(20, 24)[0], "PNG")
-    (tmp_path / "images" / "notes.png").write_text("text named like an image")
+    (tmp_path / "images" / "notes.txt").write_text("text")
     (tmp_path / ".hidden.png").write_bytes(b"ignored")
     found = discover(tmp_path)
     assert [c.id for c in found.cases] == ["a"]
     assert [(Path(u.path).name, u.role) for u in found.unpaired] == [
-        ("notes.png", "other")
+        ("notes.txt", "other")
     ]
+    # named like an image: broken, so the load stops and says which
+    (tmp_path / "images" / "notes.png").write_text("text named like an image")
+    with pytest.raises(LoadError, match="notes.png': not an image: the content is"):
+        discover(tmp_path)
 
 
 def test_several_images_for_one_id_are_all_unpaired(tmp_path):

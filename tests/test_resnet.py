@@ -312,6 +312,59 @@ def test_checkpoint_resume_runs_only_the_missing_epochs(cases, tmp_path):
     assert [h["epoch"] for h in second.meta["history"]] == [1, 2]
 
 
+def test_average_epochs_keeps_the_mean_of_the_last_epochs(cases, tmp_path):
+    import shutil
+
+    from vessel_core._resnet_fit import read_checkpoint
+
+    folder = tmp_path / "ckpt"
+    settings = {**TINY, "pretrained": False, "epochs": 3, "checkpoint_dir": str(folder)}
+
+    def keep_previous(event):  # epoch N's event comes before its checkpoint
+        if event.step == "epoch" and event.done > 1:
+            shutil.copy(folder / CHECKPOINT_FILE, tmp_path / f"e{event.done - 1}.pt")
+
+    model = ResNetUNet(**settings, average_epochs=2).fit(
+        cases, on_progress=keep_previous
+    )
+    shutil.copy(folder / CHECKPOINT_FILE, tmp_path / "e3.pt")
+    assert model.meta["averaged_epochs"] == [2, 3]
+    assert model.meta["weights"] == "the mean of epochs 2-3"
+    assert model.meta["scores"]["val"]["f1"] >= 0  # scored as averaged
+    assert set(model.meta["best_epoch_scores"]) >= {"f1", "auc_roc"}
+
+    ends = [read_checkpoint(tmp_path / f"e{n}.pt")["model"] for n in (2, 3)]
+    kept = model.net.state_dict()
+    conv = "layers.0.0.weight"  # the stem convolution
+    mean = (ends[0][conv] + ends[1][conv]) / 2
+    assert not torch.allclose(ends[0][conv], ends[1][conv])
+    torch.testing.assert_close(kept[conv], mean, atol=2e-3, rtol=1e-3)  # float16
+    norm = "layers.0.1.running_var"  # measured again, not the epochs' mean
+    for end in ends:
+        assert not torch.allclose(kept[norm], end[norm], rtol=0.01)
+    mean_norm = (ends[0][norm] + ends[1][norm]) / 2
+    assert not torch.allclose(kept[norm], mean_norm, rtol=0.01)  # beyond float16
+
+    # the same model from kept checkpoint files, as bench/train_resnet --average
+    snap = ResNetUNet.from_checkpoint(
+        folder, cases, [tmp_path / "e2.pt", tmp_path / "e3.pt"], **settings
+    )
+    assert snap.meta["weights"] == "the mean of epochs 2-3"
+    np.testing.assert_allclose(
+        snap.predict_proba(cases[0]), model.predict_proba(cases[0]), atol=1e-5
+    )
+    # averaging off: the best single epoch, and the checkpoint's sum is ignored
+    best = ResNetUNet.from_checkpoint(folder, cases, **settings)
+    assert best.meta["averaged_epochs"] == []
+    assert best.meta["weights"] == f"epoch {model.meta['best_epoch']}"
+    other = tmp_path / "other"
+    ResNetUNet(**{**settings, "checkpoint_dir": str(other), "epochs": 1}).fit(cases)
+    with pytest.raises(ValueError, match="other.*checkpoint.pt was written by"):
+        ResNetUNet.from_checkpoint(
+            folder, cases, [tmp_path / "e2.pt", other / CHECKPOINT_FILE], **settings
+        )
+
+
 def test_loader_workers_draw_the_same_batches(cases):
     """Crops drawn in 2 worker processes are those drawn in-process, epoch by epoch."""
     from vessel_core._resnet_fit import make_learner

@@ -94,3 +94,7 @@ def test_a_snapshot_needs_a_checkpoint(tmp_path):
         main(base)
     with pytest.raises(SystemExit, match="checkpoint.pt does not exist"):
         main([*base, "--set", f"checkpoint_dir={tmp_path / 'none'}"])
+    with pytest.raises(SystemExit, match="--average needs --snapshot"):
+        main(["--data", str(tmp_path / "DRIVE"), "--average", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no such file: .*epoch-7.pt"):
+        main([*base, "--average", str(tmp_path / "epoch-7.pt")])

@@ -56,6 +56,78 @@ class FitState:
     epochs_run: int = 0
     batches_run: int = 0
     stopped: str = ""
+    #: The sum of the epoch-end weights of the epochs in ``averaged`` (weight
+    #: averaging, `add_to_average`), None before the first of them.
+    average_sum: dict[str, torch.Tensor] | None = None
+    averaged: list[int] = field(default_factory=list)
+
+
+def add_to_average(state: FitState, weights: dict[str, torch.Tensor], epoch: int):
+    """Add one epoch's end weights (a CPU state dict) to ``state``'s running sum.
+
+    Integer entries (batch norm's batch counters) are not averaged: the latest
+    is kept.
+    """
+    if epoch in state.averaged:
+        return
+    if state.average_sum is None:
+        state.average_sum = {
+            k: v.detach().to("cpu", copy=True) for k, v in weights.items()
+        }
+    else:
+        for key, value in weights.items():
+            total = state.average_sum[key]
+            if total.is_floating_point():
+                total += value.to(total.dtype)
+            else:
+                total.copy_(value)
+    state.averaged.append(int(epoch))
+
+
+def averaged_weights(state: FitState) -> dict[str, torch.Tensor]:
+    """The mean of the weights added by `add_to_average`."""
+    n = len(state.averaged)
+    return {
+        k: v / n if v.is_floating_point() else v.clone()
+        for k, v in state.average_sum.items()
+    }
+
+
+def recompute_batch_norm(
+    net: torch.nn.Module,
+    dataset: CropDataset,
+    batch_size: int,
+    crops: int,
+    device: torch.device,
+) -> None:
+    """Batch norm statistics of ``net`` measured again on ``crops`` training crops.
+
+    Averaged weights need it: the running statistics of each epoch belong to
+    that epoch's weights, and their mean does not describe the mean network.
+    The crops are ``dataset``'s first ``crops`` of its current epoch: the caller
+    sets one the fit never trained on.
+    """
+    norms = [
+        m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain mean over the batches
+    was_training = net.training
+    net.train()
+    crops = min(int(crops), len(dataset))
+    try:
+        with torch.no_grad():
+            for start in range(0, crops - batch_size + 1, batch_size):
+                items = [dataset[i] for i in range(start, start + batch_size)]
+                net(torch.stack([x for x, _, _ in items]).to(device))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        net.train(was_training)
 
 
 def state_copy(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -138,6 +210,7 @@ class TrainingEvents(Callback):
         budget: tuple[float, float] | None,
         checkpoint: Callable[[int], None] | None,
         threads: ThreadPolicy | None = None,
+        average_from: int = 0,
     ) -> None:
         self.dataset = dataset
         self.state = state
@@ -151,6 +224,7 @@ class TrainingEvents(Callback):
         self.budget = budget
         self.checkpoint = checkpoint
         self.threads = threads
+        self.average_from = int(average_from)
         self.thread_count = 0
         self.trained_this_epoch = False
         self.loss_sum = 0.0
@@ -279,6 +353,8 @@ class TrainingEvents(Callback):
             # nothing held out: the latest weights are the ones kept
             self.state.best_state = state_copy(self.model)
             self.state.best_epoch = self.epoch + 1
+        if self.average_from and self.epoch + 1 >= self.average_from:
+            add_to_average(self.state, state_copy(self.model), self.epoch + 1)
         figures["epoch"] = self.epoch + 1
         figures["batches"] = self.loss_count
         self.state.history.append(figures)
@@ -375,6 +451,8 @@ def save_checkpoint(
         "best_threshold": state.best_threshold,
         "best_scores": state.best_scores,
         "history": state.history,
+        "average_sum": state.average_sum,
+        "averaged": state.averaged,
     }
     tmp = folder / f".{CHECKPOINT_FILE}.tmp"
     torch.save(data, tmp)
@@ -438,6 +516,8 @@ def restore_state(state: FitState, data: dict) -> int:
     state.best_threshold = float(data["best_threshold"])
     state.best_scores = dict(data["best_scores"])
     state.history = list(data["history"])
+    state.average_sum = data.get("average_sum")  # absent before weight averaging
+    state.averaged = [int(e) for e in data.get("averaged") or []]
     state.epochs_run = int(data["epoch"])
     return int(data["epoch"])
 

@@ -76,8 +76,8 @@ def build_unet(
         state = torch.load(weight_file, map_location="cpu", weights_only=True)
         resnet.load_state_dict(state)
         logger.info("resnet34 encoder: ImageNet weights from %s", weight_file)
-    else:
-        logger.info("resnet34 encoder: random weights (no ImageNet weight file used)")
+    else:  # debug: a saved model is built this way too, then its weights loaded
+        logger.debug("resnet34 encoder: random weights (no ImageNet weight file used)")
     encoder = nn.Sequential(*list(resnet.children())[:-2])
     norm = {"batch": NormType.Batch, "none": None}[arch["decoder_norm"]]
     with warnings.catch_warnings():

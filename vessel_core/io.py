@@ -1143,6 +1143,7 @@ def _build(
     """
     unpaired: list[Unpaired] = []
     images_like = []
+    broken: list[LoadError] = []  # named as images, yet not images: they stop it
     for entry in entries:
         fmt = sniff(entry.head[:32])
         if fmt == "ZIP":
@@ -1153,8 +1154,14 @@ def _build(
             )
             unpaired.append(Unpaired(entry.label, "other", reason))
         elif fmt is None or fmt == "GZIP":
-            reason = f"{_describe_unknown(entry.head)}; not read"
-            unpaired.append(Unpaired(entry.label, "other", reason))
+            why = _describe_unknown(entry.head)
+            name = PurePosixPath(entry.relpath).name
+            if _stem(name) != name:  # an image by its name: as broken as a cut one
+                kind = "corrupt" if fmt == "GZIP" else "format"
+                kind = kind if entry.head else "empty"
+                broken.append(_load_error(f"{entry.shown!r}: {why}", kind))
+            else:
+                unpaired.append(Unpaired(entry.label, "other", f"{why}; not read"))
         else:
             images_like.append(entry)
 
@@ -1176,7 +1183,7 @@ def _build(
         slot.setdefault(named.role, []).append((entry, named))
 
     problems = _Problems()
-    for exc in refused:
+    for exc in [*refused, *broken]:
         problems.add(exc)
     built = []
     any_vessel = any(
@@ -1495,8 +1502,10 @@ def discover(path: str | os.PathLike) -> Discovery:
     An image without a vessel mask is still a case (``vessel_mask=None``) and is
     listed in ``unpaired`` when other images of the dataset have one. Hidden
     files and ``__MACOSX`` are skipped; files that are not images (by content)
-    are listed as role ``"other"``. ZIP members are read in memory, never
-    extracted; nested archives are not opened (listed in ``unpaired``).
+    are listed as role ``"other"``, unless their name says image (``.tif``,
+    ``.png``...): then, like a damaged image, they stop the load. ZIP members
+    are read in memory, never extracted; nested archives are not opened (listed
+    in ``unpaired``).
 
     Checks on content, the same for every layout:
 
@@ -1585,7 +1594,8 @@ def load_files(files: Sequence[tuple[str, bytes]]) -> Discovery:
             entries.append(
                 _Entry(posix, f"upload:{posix}", lambda data=data: data, _head_of(data))
             )
-    where = f"{len(files)} uploaded file(s)"
+    # one upload (a ZIP archive, most often) is named; several are counted
+    where = repr(files[0][0]) if len(files) == 1 else f"{len(files)} uploaded file(s)"
     return _discover_entries(entries, where, refused)
 
 
