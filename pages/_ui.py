@@ -894,23 +894,16 @@ def _one_setting(label, key, default, allowed, hint, tip):
 def _optional_setting(label, key, allowed, hint, tip):
     """A setting whose default is None: an empty widget means None."""
     example, placeholder = hint if hint else (None, "")
-    if allowed is not None:
+    if allowed is not None or isinstance(example, bool):
         return st.selectbox(
             label,
-            [None, *allowed],
+            [None, *(allowed if allowed is not None else (True, False))],
             key=kept(key),
             persist_state=KEEP,
             help=tip,
             format_func=lambda v: placeholder or "default" if v is None else str(v),
-        )
-    if isinstance(example, bool):
-        return st.selectbox(
-            label,
-            [None, True, False],
-            key=kept(key),
-            persist_state=KEEP,
-            help=tip,
-            format_func=lambda v: placeholder or "default" if v is None else str(v),
+            # a kept None comes back as no choice at all: it reads the same
+            placeholder=placeholder or "default",
         )
     if isinstance(example, int):
         value = st.number_input(

@@ -43,6 +43,16 @@ EXTRA_CHOICES = {
 NEEDS_BOTH_CLASSES = ("knn",)
 
 
+def _status_line(event) -> str:
+    """The progress bar's words: the event's message, or its step and count (a
+    ResNet's batch events carry a message only every 10 batches)."""
+    if event is None:
+        return "Starting..."
+    if event.message:
+        return event.message
+    return f"{event.step} {event.done}/{event.total}" if event.total else event.step
+
+
 def _hints(kind: str) -> dict:
     """For settings left to the model (None): their type and what None means."""
     if kind == "knn":
@@ -287,7 +297,7 @@ def _job_box(job: Job) -> None:
                 last = job.last_event
                 st.progress(
                     last.fraction if last else 0.0,
-                    text=last.message if last and last.message else "Starting...",
+                    text=_status_line(last),
                 )
         elif job.status == FAILED:
             st.error(_ui.as_text(f"Training failed: {job.error}"))

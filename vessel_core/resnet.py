@@ -175,9 +175,9 @@ class ResNetUNet:
         schedule), batch norm statistics measured again on training crops, instead
         of the single best epoch. 0 or 1: the best epoch (by held-out F1, then
         AUC). Not done after a stop request. The full preset averages its last 11
-        of 50: on DRIVE's test cases that gained about 0.0015 F1 and 0.0007 AUC
-        over its best epoch, though the 4 held-out cases scored it 0.004 F1 lower
-        (a best of 50 noisy figures flatters that epoch).
+        of 50: on DRIVE's test cases that gained about 0.0015 F1 and 0.0008 AUC
+        over its best epoch (38), though the 4 held-out cases scored it 0.005 F1
+        lower (the best of 50 noisy held-out figures flatters that epoch).
     threshold_train_cases : int, optional
         Training cases whose maps join the held-out ones when the final threshold
         (best pooled F1) is chosen, because two held-out cases make a noisy
