@@ -308,6 +308,13 @@ def _job_box(job: Job) -> None:
                 f"Finished{stopped}, {where}; threshold "
                 f"{job.model.threshold:.3f}, {job.seconds:.0f} s."
             )
+            meta = getattr(job.model, "meta", {})
+            if meta.get("epochs_run") == 0 and "best_epoch" in meta:
+                st.warning(
+                    "It stopped before its first epoch ended: these weights have "
+                    "barely learned, and its maps say little (see Compare). Train "
+                    "longer for a useful model."
+                )
         else:
             st.warning(job.notice or job.error or "Stopped.")
         if job.notice and job.finished_ok:

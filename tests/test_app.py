@@ -372,6 +372,21 @@ def test_train_page_stop_ends_the_fit_and_says_so(sample, models_dir):
     assert not (models_dir / "to-stop").exists()
 
 
+def test_train_page_warns_of_a_resnet_stopped_inside_its_first_epoch(
+    sample, models_dir
+):
+    at = app("pages/train.py", cases=sample, dataset="built-in sample")
+    at.radio(key="train_kind").set_value("resnet34").run()
+    at.text_input(key="train_name_resnet34").set_value("early")
+    at.button(key="train_start").click().run()
+    stop = next(b for b in at.button if b.key and b.key.startswith("stop_"))
+    stop.click().run()
+    run_until(at, lambda at: "Finished" in texts(at.success) or at.error, 300)
+    assert not at.error, as_drawn(at.error)
+    assert "stopped before its first epoch ended" in texts(at.warning)
+    assert store.read_meta(models_dir / "early")["epochs_run"] == 0
+
+
 def test_compare_page_scores_models_next_to_the_all_background_baseline(
     sample, sample_models, monkeypatch
 ):

@@ -294,8 +294,10 @@ def test_checkpoint_resume_runs_only_the_missing_epochs(cases, tmp_path):
     assert snap.meta["snapshot_of"] == str(tmp_path)
     assert snap.meta["best_epoch"] == first.meta["best_epoch"]
     assert snap.threshold == pytest.approx(first.threshold)
+    # atol: torch's CPU threads follow the free cores, and another thread count
+    # sums in another order (2.4e-6 apart once, on a busy machine)
     np.testing.assert_allclose(
-        snap.predict_proba(cases[0]), first.predict_proba(cases[0]), atol=1e-6
+        snap.predict_proba(cases[0]), first.predict_proba(cases[0]), atol=1e-5
     )
     with pytest.raises(ValueError, match=r"seed=0 \(here 1\)"):
         ResNetUNet.from_checkpoint(tmp_path, cases, **{**settings, "seed": 1})
