@@ -1014,7 +1014,8 @@ def resnet_models(sample, tmp_path_factory):
     from vessel_core.resnet import ResNetUNet, _arch
 
     folder = tmp_path_factory.mktemp("resnet_models")
-    model = ResNetUNet(pretrained=False)
+    # one torch thread, here and in the app: another count sums in another order
+    model = ResNetUNet(pretrained=False, num_threads=1)
     model.net = _resnet_net.build_unet(_arch(model.settings), seed=0).eval()
     assert model.calibrate_int8(split_cases(sample, "train"))
     store.save_model(model, folder / "tiny-resnet")
