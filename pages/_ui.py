@@ -461,13 +461,14 @@ class ModelRef:
 
     @property
     def file_stem(self) -> str:
-        """The name fit for a downloaded file: ``resnet34-full_float32_4-mirrored``
-        for ``resnet34-full, float32, 4 mirrored copies`` (no commas or spaces)."""
-        words = re.sub(r"\bcop(y|ies)\b", "", self.name)
-        parts = [
-            re.sub(r"[^\w.-]+", "-", p.strip()).strip("-") for p in words.split(",")
-        ]
-        return "_".join(p for p in parts if p) or "model"
+        """The name fit for a downloaded file (`file_part`)."""
+        return file_part(self.name) or "model"
+
+
+def file_part(text: str) -> str:
+    """``text`` fit for a file name: runs of anything but letters, digits, ``.``,
+    ``_`` and ``-`` become ``-`` (``"eye 1, left"`` -> ``"eye-1-left"``)."""
+    return re.sub(r"[^\w.-]+", "-", text).strip("-")
 
 
 def _folder_key(path: Path) -> str:

@@ -144,7 +144,7 @@ for column, (label, member, suffix, mime, key) in zip(columns, offered, strict=F
     column.download_button(
         label,
         files[member],
-        file_name=f"{case.id}_{ref.file_stem}_{suffix}",
+        file_name=f"{_ui.file_part(case.id)}_{ref.file_stem}_{suffix}",
         mime=mime,
         key=f"res_dl_{key}",
         on_click="ignore",
@@ -152,7 +152,7 @@ for column, (label, member, suffix, mime, key) in zip(columns, offered, strict=F
 columns[len(offered)].download_button(
     "Everything (ZIP)",
     render.to_zip(files),
-    file_name=f"{case.id}_{ref.file_stem}.zip",
+    file_name=f"{_ui.file_part(case.id)}_{ref.file_stem}.zip",
     mime="application/zip",
     key="res_dl_zip",
     on_click="ignore",

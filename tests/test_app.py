@@ -1074,7 +1074,9 @@ def test_download_names_have_no_commas_or_spaces():
         return _ui.ModelRef("key", name, "resnet34", "saved").file_stem
 
     assert stem("resnet34-full, float32, 4 mirrored copies") == (
-        "resnet34-full_float32_4-mirrored"
+        "resnet34-full-float32-4-mirrored-copies"
     )
     assert stem("knn-DRIVE") == "knn-DRIVE"
     assert stem("my model (2)") == "my-model-2"
+    assert stem("copy-of-classic") == "copy-of-classic"  # no word is dropped
+    assert _ui.file_part("eye 1, left") == "eye-1-left"  # case ids too

@@ -964,7 +964,7 @@ def test_one_bad_upload_does_not_hide_the_others():
     # three problems (the mismatch names an image and its mask), four files
     assert "nothing was loaded, because of 3 problems:" in message
     assert "case1_manual.png" in message and "trunc.png" in message
-    assert "'empty.png': not an image: the file is empty" in message
+    assert "'empty.png': empty file (0 bytes)" in message
     assert "Also not used" not in message
     assert "upload:" not in message  # named as the user named them
 
@@ -983,8 +983,8 @@ def test_an_empty_file_and_broken_gzip_are_told_apart():
     with pytest.raises(vio.LoadError) as err:  # named as images: they stop it
         vio.load_files(files)
     message = str(err.value)
-    assert "'empty.png': not an image: the file is empty; the copy" in message
-    assert "'b.ppm.gz': not an image: gzip data that does not unpack" in message
+    assert "'empty.png': empty file (0 bytes)" in message
+    assert "'b.ppm.gz': truncated or corrupt gzip data" in message
     assert "damaged or incomplete" in message
 
 
@@ -1003,13 +1003,20 @@ def test_a_file_named_as_an_image_stops_the_load_like_a_damaged_one():
     with pytest.raises(vio.LoadError, match="'02_test.tif': truncated or corrupt"):
         vio.load_files([*good, ("02_test.tif", encode(image, "TIFF")[:60])])
 
-    found = vio.load_files([*good, ("notes.txt", text)])
+    # not named as images (a .gz of something else too): listed, the load goes on
+    gz = b"\x1f\x8b" + b"\x00" * 40
+    others = [("notes.txt", text), ("download.tar.gz", gz), ("sums.gz", gz)]
+    found = vio.load_files([*good, *others])
     assert [c.id for c in found.cases] == ["01"]
     why = {vio.source_name(u.path): u.reason for u in found.unpaired}
-    assert why == {
-        "notes.txt": "not an image: the content is text (starting "
-        "'this is not an image, th'); not read"
-    }
+    assert why["notes.txt"] == (
+        "not an image: the content is text (starting 'this is not an image, th'); "
+        "not read"
+    )
+    assert set(why) == {"notes.txt", "download.tar.gz", "sums.gz"}
+    # named as an image but used by no case: listed unread, like a cut-short one
+    found = vio.load_files([*good, ("stray name.tif", text)])
+    assert [c.id for c in found.cases] == ["01"]
 
 
 def test_a_text_file_is_named_as_text_with_a_one_line_preview():

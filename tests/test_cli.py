@@ -515,12 +515,12 @@ def test_resnet_prediction_flags_refuse_other_models(
         capsys, "evaluate", "--model", model_dir, "--data", dataset, "--flips", "4"
     )
     assert code == 2
-    assert "--flips only apply to a ResNet model" in err and "green-test" in err
+    assert "--flips only applies to a ResNet model" in err and "green-test" in err
 
     code, _, err = _run(
         capsys, "evaluate", "--pred", tmp_path, "--data", dataset, "--precision", "int8"
     )
-    assert code == 2 and "--precision need --model" in err
+    assert code == 2 and "--precision needs --model" in err
 
     with pytest.raises(SystemExit):  # argparse: not one of 1, 2, 4
         cli.build_parser().parse_args(

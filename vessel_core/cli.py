@@ -286,7 +286,8 @@ def _add_prediction(p: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--precision",
         choices=choices["precision"],
-        help="int8 is about twice as fast; float32 a little more accurate",
+        help="int8 is usually faster, float32 a little more accurate (the README's "
+        "table gives both)",
     )
     group.add_argument(
         "--flips",
@@ -310,8 +311,9 @@ def _load_model(args: argparse.Namespace) -> Any:
         change = getattr(model, "with_prediction", None)
         if change is None:
             flags = " and ".join(f"--{key}" for key in given)
+            apply = "apply" if len(given) > 1 else "applies"
             raise ValueError(
-                f"{args.model}: {flags} only apply to a ResNet model; this one is "
+                f"{args.model}: {flags} only {apply} to a ResNet model; this one is "
                 f"{model.kind!r}"
             )
         model = change(**given)
@@ -652,7 +654,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.pred is not None:
         given = [f"--{k}" for k in PREDICTION_OPTIONS if getattr(args, k) is not None]
         if given:
-            raise ValueError(f"{' and '.join(given)} need --model, not --pred")
+            need = "need" if len(given) > 1 else "needs"
+            raise ValueError(f"{' and '.join(given)} {need} --model, not --pred")
         report = _evaluate_predictions(args)
     else:
         report = _evaluate_model(args)
@@ -765,6 +768,9 @@ def _evaluate_model(args: argparse.Namespace) -> metrics.Report:
         "split": split,
         "seconds_per_image": float(np.mean(seconds)),
     }
+    settings = getattr(model, "settings", {})
+    if all(key in settings for key in PREDICTION_OPTIONS):  # how a ResNet predicted
+        extra["prediction"] = {key: settings[key] for key in PREDICTION_OPTIONS}
     return metrics.evaluate(cases, maps, threshold, extra)
 
 

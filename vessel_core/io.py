@@ -904,6 +904,15 @@ def _stem(name: str) -> str:
     return name
 
 
+def _named_as_image(path: str) -> bool:
+    """Whether a name ends in an image extension (``.tif``, ``.ppm.gz``...): such a
+    file joins its case like any image, and if it cannot be read, it is damaged
+    like a cut-short one, whatever its content."""
+    name = PurePosixPath(path).name.lower()
+    name = name[:-3] if name.endswith(".gz") else name
+    return name.endswith(_IMAGE_EXTENSIONS)
+
+
 def _tokens(text: str) -> list[str]:
     return [t for t in re.split(r"[^0-9a-z]+", text.lower()) if t]
 
@@ -1143,7 +1152,6 @@ def _build(
     """
     unpaired: list[Unpaired] = []
     images_like = []
-    broken: list[LoadError] = []  # named as images, yet not images: they stop it
     for entry in entries:
         fmt = sniff(entry.head[:32])
         if fmt == "ZIP":
@@ -1153,15 +1161,9 @@ def _build(
                 "files, or give it on its own"
             )
             unpaired.append(Unpaired(entry.label, "other", reason))
-        elif fmt is None or fmt == "GZIP":
-            why = _describe_unknown(entry.head)
-            name = PurePosixPath(entry.relpath).name
-            if _stem(name) != name:  # an image by its name: as broken as a cut one
-                kind = "corrupt" if fmt == "GZIP" else "format"
-                kind = kind if entry.head else "empty"
-                broken.append(_load_error(f"{entry.shown!r}: {why}", kind))
-            else:
-                unpaired.append(Unpaired(entry.label, "other", f"{why}; not read"))
+        elif (fmt is None or fmt == "GZIP") and not _named_as_image(entry.relpath):
+            reason = f"{_describe_unknown(entry.head)}; not read"
+            unpaired.append(Unpaired(entry.label, "other", reason))
         else:
             images_like.append(entry)
 
@@ -1183,7 +1185,7 @@ def _build(
         slot.setdefault(named.role, []).append((entry, named))
 
     problems = _Problems()
-    for exc in [*refused, *broken]:
+    for exc in refused:
         problems.add(exc)
     built = []
     any_vessel = any(
@@ -1503,9 +1505,10 @@ def discover(path: str | os.PathLike) -> Discovery:
     listed in ``unpaired`` when other images of the dataset have one. Hidden
     files and ``__MACOSX`` are skipped; files that are not images (by content)
     are listed as role ``"other"``, unless their name says image (``.tif``,
-    ``.png``...): then, like a damaged image, they stop the load. ZIP members
-    are read in memory, never extracted; nested archives are not opened (listed
-    in ``unpaired``).
+    ``.png``...): those are paired like images, and one the layout uses that
+    cannot be read stops the load, as a cut-short image does. ZIP members are
+    read in memory, never extracted; nested archives are not opened (listed in
+    ``unpaired``).
 
     Checks on content, the same for every layout:
 
