@@ -302,11 +302,7 @@ def _load_model(args: argparse.Namespace) -> Any:
     """The model of ``--model``, predicting as ``--precision``/``--flips`` say,
     set up for prediction (`store.ready`)."""
     model = store.load_model(args.model)
-    given = {
-        key: value
-        for key in PREDICTION_OPTIONS
-        if (value := getattr(args, key, None)) is not None
-    }
+    given = _prediction_flags(args)
     if given:
         change = getattr(model, "with_prediction", None)
         if change is None:
@@ -318,6 +314,15 @@ def _load_model(args: argparse.Namespace) -> Any:
             )
         model = change(**given)
     return store.ready(model)
+
+
+def _prediction_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--precision``/``--flips`` values given (none: ``{}``)."""
+    return {
+        key: value
+        for key in PREDICTION_OPTIONS
+        if (value := getattr(args, key, None)) is not None
+    }
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
@@ -652,7 +657,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: score saved predictions (--pred) or a model (--model)."""
     if args.pred is not None:
-        given = [f"--{k}" for k in PREDICTION_OPTIONS if getattr(args, k) is not None]
+        given = [f"--{key}" for key in _prediction_flags(args)]
         if given:
             need = "need" if len(given) > 1 else "needs"
             raise ValueError(f"{' and '.join(given)} {need} --model, not --pred")

@@ -478,12 +478,17 @@ class ResNetUNet:
         s = model.settings
         started = time.monotonic()
         train, val = model._split(cases)
-        data = rf.read_checkpoint(path)
-        mismatch = rf.identity_mismatch(
-            data.get("identity"), model._identity(train, val)
-        )
-        if mismatch:
-            raise ValueError(f"{path} was written by {mismatch}")
+        identity = model._identity(train, val)
+
+        def read_own(file: Path) -> dict:
+            """A checkpoint file of this very fit, else ValueError naming it."""
+            data = rf.read_checkpoint(file)
+            mismatch = rf.identity_mismatch(data.get("identity"), identity)
+            if mismatch:
+                raise ValueError(f"{file} was written by {mismatch}")
+            return data
+
+        data = read_own(path)
         state = rf.FitState()
         rf.restore_state(state, data)
         if state.best_state is None:  # no held-out case: the last weights
@@ -492,12 +497,7 @@ class ResNetUNet:
         if average or s["average_epochs"] < 2:
             state.average_sum, state.averaged = None, []
         for file in average:
-            other = rf.read_checkpoint(Path(file))
-            mismatch = rf.identity_mismatch(
-                other.get("identity"), model._identity(train, val)
-            )
-            if mismatch:
-                raise ValueError(f"{file} was written by {mismatch}")
+            other = read_own(Path(file))
             rf.add_to_average(state, other["model"], int(other["epoch"]))
             del other
         device = model._device()
