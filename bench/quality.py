@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--resnet-flips",
         type=int,
         nargs="+",
-        choices=[1, 2, 4],
+        choices=[1, 2, 4, 8],
         default=[1],
         help="for the 'resnet' row: mirrored copies averaged (one row each)",
     )

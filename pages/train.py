@@ -33,6 +33,7 @@ MAIN_SETTINGS = {
         "batch_size",
         "input",
         "pretrained",
+        "init_from",
         "max_minutes",
     ],
 }
@@ -65,7 +66,27 @@ def _hints(kind: str) -> dict:
     return {
         name: (quick[name], f"from the preset (quick {quick[name]}, full {full[name]})")
         for name in quick
-    }
+    } | {"init_from": ("", "no saved model: random or ImageNet weights")}
+
+
+def _choices(kind: str, cls: type) -> dict:
+    """Each setting's allowed values; a ResNet may start from a saved ResNet,
+    offered by name (`_start_folder` turns the name into its folder)."""
+    choices = {**getattr(cls, "SETTING_CHOICES", {}), **EXTRA_CHOICES.get(kind, {})}
+    if kind == "resnet34":
+        names = [e.name for e in store.list_models(_ui.models_dir()) if e.kind == kind]
+        choices["init_from"] = names
+    return choices
+
+
+def _start_folder(settings: dict) -> dict:
+    """The settings with a chosen ``init_from`` name as that model's folder."""
+    if settings.get("init_from"):
+        settings = {
+            **settings,
+            "init_from": str(_ui.models_dir() / settings["init_from"]),
+        }
+    return settings
 
 
 def _training_pixels(kind: str, defaults: dict, n_cases: int, strategy: str) -> str:
@@ -133,7 +154,7 @@ for line in _model_notes(kind):
 with st.form(f"train_form_{kind}", border=True, enter_to_submit=False):
     settings = _ui.settings_widgets(
         cls.default_settings(),
-        {**getattr(cls, "SETTING_CHOICES", {}), **EXTRA_CHOICES.get(kind, {})},
+        _choices(kind, cls),
         key_prefix=f"train_{kind}",
         main=MAIN_SETTINGS.get(kind),
         hints=_hints(kind),
@@ -165,7 +186,12 @@ if start:
                 "page 2 (Undersampling)"
             )
         job = _ui.job_manager().submit(
-            _ui.session_id(), kind, settings, train, selection=selection, name=name
+            _ui.session_id(),
+            kind,
+            _start_folder(settings),
+            train,
+            selection=selection,
+            name=name,
         )
     except (TypeError, ValueError) as exc:
         _ui.show_error(exc, "Starting the training")
@@ -319,6 +345,8 @@ def _job_box(job: Job) -> None:
             st.warning(job.notice or job.error or "Stopped.")
         if job.notice and job.finished_ok:
             st.info(job.notice)
+        for text in job.warnings:
+            st.warning(_ui.as_text(text))
         _cv_chart(job)
         _batch_chart(job)
         _epoch_chart(job)

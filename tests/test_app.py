@@ -387,6 +387,36 @@ def test_train_page_warns_of_a_resnet_stopped_inside_its_first_epoch(
     assert store.read_meta(models_dir / "early")["epochs_run"] == 0
 
 
+def test_train_page_starts_a_resnet_from_a_saved_one_and_shows_its_warnings(
+    sample, models_dir
+):
+    from vessel_core.resnet import ResNetUNet
+
+    tiny = {"crop_size": 32, "batch_size": 4, "crops_per_epoch": 8, "epochs": 1}
+    start = ResNetUNet(**tiny, val_cases=0, tile_size=128, precision="float32")
+    store.save_model(start.fit(split_cases(sample, "train")), models_dir / "start-rn")
+
+    at = app("pages/train.py", cases=sample, dataset="built-in sample")
+    at.radio(key="train_kind").set_value("resnet34").run()
+    chooser = at.selectbox(key="train_resnet34_init_from")
+    assert chooser.options == ["no saved model: random or ImageNet weights", "start-rn"]
+    chooser.set_value("start-rn")
+    for name, value in tiny.items():
+        at.number_input(key=f"train_resnet34_{name}").set_value(value)
+    at.number_input(key="train_resnet34_tile_size").set_value(128)
+    at.text_input(key="train_name_resnet34").set_value("tuned")
+    with pytest.warns(UserWarning, match="flatter this fit"):  # the server log's
+        at.button(key="train_start").click().run()
+        run_until(at, lambda at: "Finished" in texts(at.success) or at.error, 300)
+    assert not at.error, as_drawn(at.error)
+    # the start trained on every case: the two held out flatter the fit, said here
+    warned = as_drawn(at.warning)
+    assert "was trained on held-out case(s) synth-0" in warned, warned
+    started = store.read_meta(models_dir / "tuned")["started_from"]
+    assert started["name"] == "start-rn"
+    assert started["folder"] == str(models_dir / "start-rn")
+
+
 def test_compare_page_scores_models_next_to_the_all_background_baseline(
     sample, sample_models, monkeypatch
 ):

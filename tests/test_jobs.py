@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -34,8 +35,10 @@ class GatedModel:
 
     kind = "fake"
 
-    def __init__(self, tag="", steps=3, gate=None, fail_at=None, step_wait=0.0):
-        self.tag, self.steps, self.gate = tag, steps, gate
+    def __init__(
+        self, tag="", steps=3, gate=None, fail_at=None, step_wait=0.0, warn=()
+    ):
+        self.tag, self.steps, self.gate, self.warn = tag, steps, gate, warn
         self.fail_at, self.step_wait = fail_at, step_wait
         self.threshold = 0.5
         self.meta = {"settings": {"tag": tag}}
@@ -43,6 +46,8 @@ class GatedModel:
 
     def fit(self, cases, selection=None, on_progress=None, stop=None):
         STARTED.append(self.tag)
+        for text in self.warn:
+            warnings.warn(text, stacklevel=2)
         if self.gate is not None:
             self.gate.wait(5)
         for i in range(self.steps):
@@ -119,6 +124,24 @@ def test_two_slots_run_two_jobs_at_once(tmp_path, cases):
     assert [j.status for j in jobs] == [RUNNING, RUNNING, QUEUED]
     gate.set()
     assert all(mgr.wait(j, 5) for j in jobs)
+    mgr.close()
+
+
+def test_each_job_keeps_the_warnings_its_own_fit_raised(tmp_path, cases):
+    mgr = JobManager(max_running=2, models_dir=tmp_path, reap_every=None)
+    gate = threading.Event()
+    with pytest.warns(UserWarning) as shown:  # still shown as warnings too
+        first = submit(mgr, cases, tag="a", gate=gate, warn=["a: case 3 left out"])
+        second = submit(mgr, cases, tag="b", gate=gate, warn=["b: odd", "b: odd"])
+        assert wait_for(lambda: STARTED.count("a") and STARTED.count("b"))
+        gate.set()
+        assert mgr.wait(first, 5) and mgr.wait(second, 5)
+    assert first.warnings == ["a: case 3 left out"]
+    assert second.warnings == ["b: odd"]  # once each
+    assert {"a: case 3 left out", "b: odd"} <= {str(w.message) for w in shown}
+    with pytest.warns(UserWarning, match="outside"):
+        warnings.warn("outside any job", stacklevel=1)  # goes to no job
+    assert first.warnings == ["a: case 3 left out"]
     mgr.close()
 
 

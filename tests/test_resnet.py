@@ -315,6 +315,67 @@ def test_checkpoint_resume_runs_only_the_missing_epochs(cases, tmp_path):
     assert [h["epoch"] for h in second.meta["history"]] == [1, 2]
 
 
+def test_init_from_starts_the_fit_at_a_saved_models_weights(trained, cases, tmp_path):
+    model, _ = trained
+    folder = store.save_model(model, tmp_path / "start")
+    # lr=0: the weights cannot move, so they must still be the saved model's
+    settings = {**TINY, "epochs": 1, "crops_per_epoch": 4, "lr": 0.0}
+    settings["num_threads"] = 1
+    tuned = ResNetUNet(**settings, init_from=str(folder)).fit(cases)
+    fresh = ResNetUNet(**settings, pretrained=False).fit(cases)
+    start = dict(model.net.named_parameters())
+    differ_from_random = 0
+    for name, value in tuned.net.named_parameters():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=0)
+        fresh_value = dict(fresh.net.named_parameters())[name]
+        differ_from_random += not torch.equal(value, fresh_value)
+    assert differ_from_random > 50  # a fit without init_from starts elsewhere
+
+    record = tuned.meta["started_from"]
+    assert record["folder"] == str(folder) and record["name"] == "start"
+    # what the start learned from: its fit cases, not its held-out one
+    fit_images = model.meta["train_images"][: len(model.meta["fit_cases"])]
+    assert record["learned_images"] == fit_images
+    assert tuned.meta["pretrained"] is False
+    assert fresh.meta["started_from"] is None
+    json.dumps(tuned.meta)
+
+
+def test_init_from_warns_when_the_held_out_cases_were_trained_on(
+    trained, cases, tmp_path
+):
+    model, _ = trained  # seed 0 held out t2 and trained on t0 and t1
+    folder = store.save_model(model, tmp_path / "start")
+    settings = {**TINY, "epochs": 1, "crops_per_epoch": 4, "init_from": str(folder)}
+    with pytest.warns(UserWarning, match=r"held-out case\(s\) t0: .* flatter"):
+        ResNetUNet(**settings, seed=1).fit(cases)  # seed 1 holds t0 out
+
+
+def test_init_from_refuses_another_kind_or_shape_naming_the_folder(
+    trained, cases, tmp_path
+):
+    model, _ = trained
+    folder = store.save_model(model, tmp_path / "start")
+    meta_file = folder / "model.json"
+    meta = json.loads(meta_file.read_text())
+    settings = {**TINY, "epochs": 1, "crops_per_epoch": 4, "init_from": str(folder)}
+
+    meta_file.write_text(
+        json.dumps({**meta, "settings": {**meta["settings"], "last_cross": True}})
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"start was built with last_cross=True "
+        r"\(here False\)",
+    ):
+        ResNetUNet(**settings).fit(cases)
+    meta_file.write_text(json.dumps({**meta, "kind": "classic"}))
+    with pytest.raises(ValueError, match=r"start holds a 'classic' model"):
+        ResNetUNet(**settings).fit(cases)
+    with pytest.raises(ValueError, match=r"nowhere: no model.json"):
+        ResNetUNet(**{**settings, "init_from": str(tmp_path / "nowhere")}).fit(cases)
+
+
 def test_average_epochs_keeps_the_mean_of_the_last_epochs(cases, tmp_path):
     import shutil
 
@@ -531,6 +592,19 @@ def test_flips_average_the_maps_of_the_mirrored_images(trained, cases):
     assert np.all(four[~case.fov_mask] == 0)
 
 
+def test_eight_copies_add_the_transposed_image_on_a_non_square_one(trained):
+    model, _ = trained
+    case = tiny_case("wide", 5, (80, 112))  # not square: a wrong turn cannot fit
+    native = {"match_scale": False}  # no resizing, whose rounding is not symmetric
+    four = model.with_prediction(flips=4, **native).predict_proba(case)
+    turned = Case("t", case.image.transpose(1, 0, 2).copy(), case.fov_mask.T.copy())
+    turned_four = model.with_prediction(flips=4, **native).predict_proba(turned).T
+    eight = model.with_prediction(flips=8, **native).predict_proba(case)
+    assert eight.shape == case.shape
+    np.testing.assert_allclose(eight, (four + turned_four) / 2, atol=1e-6)
+    assert not np.allclose(eight, four, atol=1e-4)
+
+
 def test_command_line_predicts_with_the_prediction_flags(trained, tmp_path, capsys):
     from PIL import Image
 
@@ -569,7 +643,7 @@ def test_command_line_predicts_with_the_prediction_flags(trained, tmp_path, caps
     assert np.abs(four - plain).max() > 2  # the flag changed the map
 
 
-def test_flips_must_be_1_2_or_4_and_do_not_change_a_checkpoint(cases):
+def test_flips_must_be_1_2_4_or_8_and_do_not_change_a_checkpoint(cases):
     with pytest.raises(ValueError, match="flips"):
         ResNetUNet(flips=3)
     first = ResNetUNet(**TINY)._identity(cases[:2], cases[2:])

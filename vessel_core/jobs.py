@@ -18,6 +18,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,27 @@ STOPPED, FAILED = "stopped", "failed"
 FINISHED = (DONE, STOPPED, FAILED)
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+#: Thread id -> the warnings list of the job running in that thread.
+_WARNED: dict[int, list[str]] = {}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """`warnings.showwarning` that also gives a job's thread its own warnings."""
+    bucket = _WARNED.get(threading.get_ident())
+    if bucket is not None:
+        text = str(message)
+        if text not in bucket:
+            bucket.append(text)
+    _show_warning.passed_to(message, category, filename, lineno, file, line)
+
+
+def _listen_for_warnings() -> None:
+    """Put `_show_warning` in front of whatever shows warnings now (once)."""
+    if warnings.showwarning is not _show_warning:
+        _show_warning.passed_to = warnings.showwarning
+        warnings.showwarning = _show_warning
 
 
 def default_max_running() -> int:
@@ -95,6 +117,8 @@ class Job:
         of their input; the type and message of anything else), else "".
     notice : str
         Something the user should know (the name was taken, saving failed...).
+    warnings : list of str
+        The warnings the fit raised (each once), e.g. cases left out.
     model : model or None
         The fitted model once the job is done or stopped after fitting something.
     saved_path : Path or None
@@ -124,6 +148,7 @@ class Job:
         self.status = QUEUED
         self.error = ""
         self.notice = ""
+        self.warnings: list[str] = []
         self.model: Any = None
         self.saved_path: Path | None = None
         self.saved_name = ""
@@ -399,9 +424,12 @@ class JobManager:
                 job.thread.start()
 
     def _run(self, job: Job) -> None:
+        _listen_for_warnings()
+        _WARNED[threading.get_ident()] = job.warnings
         try:
             self._fit(job)
         finally:
+            _WARNED.pop(threading.get_ident(), None)
             job.finished = time.time()
             job.cases, job.selection = [], None  # the images are the session's
             with self._lock:

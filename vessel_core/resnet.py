@@ -86,6 +86,7 @@ _DEFAULTS: dict[str, Any] = {
     "preset": "quick",
     **dict.fromkeys(PRESETS["quick"]),
     "pretrained": "auto",
+    "init_from": None,
     "last_cross": False,
     "self_attention": False,
     "blur": False,
@@ -186,6 +187,12 @@ class ResNetUNet:
         ImageNet weights for the encoder, only from torchvision's file already in
         the local torch cache (``torch.hub.get_dir()/checkpoints``); nothing is
         downloaded. ``"auto"`` uses it when present, else random weights.
+    init_from : str, optional
+        A saved resnet34 model folder whose weights the whole network starts
+        from (fine-tuning: on another dataset, or a second, shorter cycle on the
+        same one); ``pretrained`` is then not used. Its architecture settings
+        must be these. A warning names held-out cases that model trained on:
+        their scores flatter this fit.
     last_cross, self_attention, blur : bool
         `DynamicUnet` options. ``last_cross`` adds a full-resolution residual
         block on the image concatenated to the decoder output (about 60% more
@@ -199,13 +206,14 @@ class ResNetUNet:
         Resize an image whose FOV diameter differs from the training images' by
         more than 15% to their scale before predicting (the map is resized back),
         so a model trained on DRIVE sees HRF's vessels as wide as it learned them.
-    flips : {1, 2, 4}, default=1
+    flips : {1, 2, 4, 8}, default=1
         Prediction averaged over this many mirrored copies of the image: 1 (the
         image only), 2 (and its left-right mirror), 4 (and the up-down and the
-        double mirror), each mirrored back before averaging. Costs that many
-        times the time; on DRIVE with the quick preset 2 added about 0.001 to F1
-        and AUC, 4 about 0.002 (`bench/quality.py --resnet-flips`). Training
-        validates without.
+        double mirror), 8 (and the same four of the transposed image: all its
+        rotations and reflections by multiples of 90 degrees), each turned back
+        before averaging. Costs that many times the time; on DRIVE with the
+        quick preset 2 added about 0.001 to F1 and AUC, 4 about 0.002
+        (`bench/quality.py --resnet-flips`). Training validates without.
     precision : {"int8", "float32"}, default="int8"
         Arithmetic of CPU prediction. ``"int8"`` runs the network quantized
         (weights per channel, activations per tensor, ranges calibrated on the
@@ -271,7 +279,7 @@ class ResNetUNet:
         "decoder_norm": ["batch", "none"],
         "device": ["auto", "cpu", "cuda"],
         "precision": ["int8", "float32"],
-        "flips": [1, 2, 4],
+        "flips": [1, 2, 4, 8],
     }
 
     def __init__(self, **settings: Any) -> None:
@@ -336,15 +344,24 @@ class ResNetUNet:
         threads = self._thread_policy(device)
 
         dataset = self._crop_dataset(train, selection)
-        weight_file = rn.resolve_pretrained(s["pretrained"])
+        start = self._start_model(val)
+        weight_file = None if start else rn.resolve_pretrained(s["pretrained"])
+        if start is not None:
+            source = f"{s['init_from']}'s"
+        else:
+            source = "ImageNet encoder" if weight_file else "random"
         logger.info(
-            "resnet34 U-Net: %s encoder weights, %d training + %d held-out cases, %s",
-            "ImageNet" if weight_file else "random",
+            "resnet34 U-Net: %s weights, %d training + %d held-out cases, %s",
+            source,
             len(train),
             len(val),
             device,
         )
-        net = rn.build_unet(_arch(s), weight_file, seed=s["seed"]).to(device)
+        net = rn.build_unet(_arch(s), weight_file, seed=s["seed"])
+        if start is not None:
+            net.load_state_dict(start.net.state_dict())
+            del start
+        net = net.to(device)
 
         state = rf.FitState()
         identity = self._identity(train, val)
@@ -510,6 +527,65 @@ class ResNetUNet:
         model.meta["snapshot_of"] = str(folder)
         return model
 
+    def _start_model(self, val: Sequence[Case]) -> ResNetUNet | None:
+        """The saved model ``init_from`` names, loaded and checked; None without one.
+
+        Raises ValueError naming the folder when it is not a resnet34 model or
+        was built with other architecture settings.
+        """
+        folder = self.settings["init_from"]
+        if folder is None:
+            return None
+        from vessel_core import store
+
+        meta = store.read_meta(folder)  # ModelFolderError (a ValueError) names it
+        if meta["kind"] != self.kind:
+            raise ValueError(
+                f"init_from: {folder} holds a {meta['kind']!r} model, not a "
+                f"{self.kind!r} one"
+            )
+        saved = meta.get("settings") or {}
+        known = {k: v for k, v in saved.items() if k in _DEFAULTS}
+        mine, theirs = _arch(self.settings), _arch({**_DEFAULTS, **known})
+        differ = [
+            f"{k}={theirs[k]!r} (here {v!r})" for k, v in mine.items() if v != theirs[k]
+        ]
+        if differ:
+            raise ValueError(
+                f"init_from: {folder} was built with {', '.join(differ)}; "
+                "a fit can start only from a network of the same shape"
+            )
+        start = store.load_model(folder)
+        seen = set(_trained_images(start.meta))
+        flattered = [
+            c.id for c, f in zip(val, image_fingerprints(val), strict=True) if f in seen
+        ]
+        if flattered:
+            warnings.warn(
+                f"init_from: {folder} was trained on held-out case(s) "
+                f"{', '.join(flattered)}: their scores, the kept epoch and the "
+                "threshold will flatter this fit",
+                stacklevel=3,
+            )
+        return start
+
+    def _start_record(self) -> dict[str, Any] | None:
+        """What ``meta["started_from"]`` says of the ``init_from`` model."""
+        folder = self.settings["init_from"]
+        if folder is None:
+            return None
+        from vessel_core import store
+
+        meta = store.read_meta(folder)
+        return {
+            "folder": folder,
+            "name": meta.get("name"),
+            "weights": meta.get("weights"),
+            "train_fingerprint": meta.get("train_fingerprint"),
+            "pretrained": bool(meta.get("pretrained")),
+            "learned_images": _trained_images(meta),
+        }
+
     def _split(self, cases: Sequence[Case]) -> tuple[list[Case], list[Case]]:
         """Training and held-out cases (``val_cases`` of them, chosen by seed)."""
         cases = fit_cases(cases)  # with a mask of both classes; warns of the rest
@@ -657,6 +733,7 @@ class ResNetUNet:
             "stopped_early": state.stopped,
             "pretrained": weight_file is not None,
             "pretrained_file": str(weight_file) if weight_file else None,
+            "started_from": self._start_record(),
             "device": str(device),
             "fit_seconds": round(time.monotonic() - started, 1),
             "training_fov_diameter": _median_fov_diameter(list(train) + list(val)),
@@ -759,20 +836,20 @@ class ResNetUNet:
             policy.update(force=True)
         x = network_input(image, fov, self.settings["input"])
         prob = np.zeros(fov.shape, np.float32)
-        flips = _FLIPS[: self.settings["flips"]]
+        copies = _COPIES[: self.settings["flips"]]
         with torch.inference_mode():
-            for axes in flips:
+            for copy in copies:
                 one = rn.predict_tiled(
                     net,
-                    _mirrored(x, axes),
-                    _mirrored(fov, axes),
+                    _turned(x, copy),
+                    _turned(fov, copy),
                     self.settings["tile_size"],
                     self.settings["tile_overlap"],
                     device=device,
                     channels_last=device.type == "cpu",
                 )
-                prob += _mirrored(one, axes)
-        prob /= len(flips)
+                prob += _turned_back(one, copy)
+        prob /= len(copies)
         prob[~fov] = 0.0
         return np.clip(prob, 0.0, 1.0).astype(np.float32, copy=False)
 
@@ -969,8 +1046,14 @@ class ResNetUNet:
         return self._threads
 
 
-#: The mirrorings `flips` averages over: axes flipped (rows 0, columns 1).
-_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,), (0, 1))
+#: The copies `flips` averages over, as (transposed first, axes then flipped: rows
+#: 0, columns 1): the image, its mirrors, then (8) the same of its transpose, which
+#: together are its 8 rotations and reflections by multiples of 90 degrees.
+_COPIES: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
+    (transposed, axes)
+    for transposed in (False, True)
+    for axes in ((), (1,), (0,), (0, 1))
+)
 
 
 def _epoch_span(epochs: Sequence[int]) -> str:
@@ -981,9 +1064,20 @@ def _epoch_span(epochs: Sequence[int]) -> str:
     return ", ".join(map(str, epochs))
 
 
-def _mirrored(array: NDArray, axes: tuple[int, ...]) -> NDArray:
-    """``array`` flipped along ``axes`` (its own inverse), contiguous."""
-    return np.ascontiguousarray(np.flip(array, axes)) if axes else array
+def _turned(array: NDArray, copy: tuple[bool, tuple[int, ...]]) -> NDArray:
+    """One of `_COPIES` of ``array`` (rows and columns first), contiguous."""
+    transposed, axes = copy
+    if transposed:
+        array = np.swapaxes(array, 0, 1)
+    return np.ascontiguousarray(np.flip(array, axes) if axes else array)
+
+
+def _turned_back(array: NDArray, copy: tuple[bool, tuple[int, ...]]) -> NDArray:
+    """`_turned` undone: flipped back, then transposed back."""
+    transposed, axes = copy
+    if axes:
+        array = np.flip(array, axes)
+    return np.ascontiguousarray(np.swapaxes(array, 0, 1) if transposed else array)
 
 
 def _cuda_available() -> bool:
@@ -1059,6 +1153,10 @@ def _resolve(settings: dict[str, Any]) -> dict[str, Any]:
         )
     if out["max_minutes"] is not None and out["max_minutes"] <= 0:
         out["max_minutes"] = 0.0
+    if out["init_from"] in ("", None):
+        out["init_from"] = None
+    else:
+        out["init_from"] = os.fspath(out["init_from"])
     if out["checkpoint_dir"] in ("", None):
         out["checkpoint_dir"] = None
     else:
@@ -1173,6 +1271,16 @@ def _image_and_fov(case_or_image: Case | NDArray) -> tuple[NDArray, NDArray]:
             f"FOV mask is {fov.shape}, the image {image.shape[:2]}; they must match"
         )
     return image, fov
+
+
+def _trained_images(meta: dict[str, Any]) -> list[str]:
+    """The image fingerprints a saved ResNet's weights learned from: its fit
+    cases (the first ``len(fit_cases)`` of ``train_images``; not its held-out
+    ones) and those of the model it started from (``started_from``)."""
+    images = meta.get("train_images") or []
+    own = images[: len(meta.get("fit_cases") or images)]
+    earlier = (meta.get("started_from") or {}).get("learned_images") or []
+    return list(dict.fromkeys([*own, *earlier]))
 
 
 def _median_fov_diameter(cases: Sequence[Case]) -> float:
