@@ -754,6 +754,23 @@ def sidebar() -> None:
         _job_status()
 
 
+def status_line(event) -> str:
+    """The progress bar's words: a ResNet's epoch and batch within it, else the
+    event's message, or its step and count."""
+    if event is None:
+        return "Starting..."
+    m = event.metrics
+    if event.step == "batch" and {"epochs", "batches", "loss"} <= set(m):
+        # the same words after every batch (its message comes every 10th only)
+        return (
+            f"epoch {m['epoch']:.0f}/{m['epochs']:.0f} batch {m['batch']:.0f}/"
+            f"{m['batches']:.0f}: loss {m['loss']:.4f}"
+        )
+    if event.message:
+        return event.message
+    return f"{event.step} {event.done}/{event.total}" if event.total else event.step
+
+
 def settings_widgets(
     defaults: dict[str, Any],
     choices: dict[str, Any],

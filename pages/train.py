@@ -44,16 +44,6 @@ EXTRA_CHOICES = {
 NEEDS_BOTH_CLASSES = ("knn",)
 
 
-def _status_line(event) -> str:
-    """The progress bar's words: the event's message, or its step and count (a
-    ResNet's batch events carry a message only every 10 batches)."""
-    if event is None:
-        return "Starting..."
-    if event.message:
-        return event.message
-    return f"{event.step} {event.done}/{event.total}" if event.total else event.step
-
-
 def _hints(kind: str) -> dict:
     """For settings left to the model (None): their type and what None means."""
     if kind == "knn":
@@ -319,11 +309,16 @@ def _job_box(job: Job) -> None:
             position = manager.queue_position(job)
             if position:
                 st.info(f"Waiting: place {position} in the queue.")
+            elif job.stop_flag.is_set():
+                st.info(
+                    "Stopping: the fit ends at its next check (a batch, a fold or "
+                    "an image; up to a minute), then keeps what it has."
+                )
             else:
                 last = job.last_event
                 st.progress(
                     last.fraction if last else 0.0,
-                    text=_status_line(last),
+                    text=_ui.status_line(last),
                 )
         elif job.status == FAILED:
             st.error(_ui.as_text(f"Training failed: {job.error}"))

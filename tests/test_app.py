@@ -335,6 +335,19 @@ def test_train_page_fits_a_knn_in_the_background_and_saves_it(sample, models_dir
     assert "second stage" in at.checkbox(key="train_knn_context").help
 
 
+def test_status_line_says_the_epoch_and_batch_after_every_resnet_batch():
+    from pages import _ui
+    from vessel_core.progress import Progress
+
+    counts = {"epoch": 2, "epochs": 12, "batch": 7, "batches": 80, "lr": 1e-3}
+    quiet = Progress("batch", 87, 960, {"loss": 0.51234, **counts})  # no message
+    assert _ui.status_line(quiet) == "epoch 2/12 batch 7/80: loss 0.5123"
+    folds = Progress("cv", 3, 10, {"k": 5.0}, "k=5 fold 3")
+    assert _ui.status_line(folds) == "k=5 fold 3"
+    assert _ui.status_line(Progress("features", 1, 4, {})) == "features 1/4"
+    assert _ui.status_line(None) == "Starting..."
+
+
 def test_train_page_fits_the_classic_baseline(sample, models_dir):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
     at.radio(key="train_kind").set_value("classic").run()

@@ -229,6 +229,16 @@ def test_fit_sends_batch_and_epoch_events_and_the_loss_goes_down(trained):
     epochs = [e for e in events if e.step == "epoch"]
     assert len(batches) == 2 * 3  # 2 epochs of 12 crops in batches of 4
     assert [e.done for e in batches] == list(range(1, 7))
+    # each says where it is within its epoch (the Train page's status line)
+    assert [(e.metrics["epoch"], e.metrics["batch"]) for e in batches] == [
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 1),
+        (2, 2),
+        (2, 3),
+    ]
+    assert {(e.metrics["epochs"], e.metrics["batches"]) for e in batches} == {(2, 3)}
     assert len(epochs) == 2
     for key in ("dice", "f1", "sensitivity", "specificity", "auc_roc"):
         assert key in epochs[-1].metrics

@@ -299,7 +299,14 @@ class TrainingEvents(Callback):
                 "batch",
                 done,
                 total,
-                {"loss": loss, "epoch": self.epoch + 1, "lr": lr},
+                {
+                    "loss": loss,
+                    "epoch": self.epoch + 1,
+                    "epochs": self.n_epoch,
+                    "batch": self.iter + 1,
+                    "batches": self.n_iter,
+                    "lr": lr,
+                },
                 message,
             ),
         )
