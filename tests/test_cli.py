@@ -321,6 +321,7 @@ class GreenModel:
     def load_files(cls, folder, meta):
         model = cls(**meta["settings"])
         model.threshold = meta["threshold"]
+        model.meta = {**meta, "settings": model.settings}
         return model
 
 
@@ -456,6 +457,24 @@ def test_evaluate_model_and_predict(dataset, tmp_path, capsys, green_kind):
     assert result["threshold"] == 0.25  # the model's
     assert result["seconds_per_image"] >= 0.0
     assert result["kind"] == "green-test"
+    assert result["trained_on"] == [] and "optimistic" not in err
+
+    # scored on its own training case: said, and kept in the JSON
+    code, out, err = _run(
+        capsys,
+        "evaluate",
+        "--model",
+        model_dir,
+        "--data",
+        dataset,
+        "--split",
+        "train",
+        "--json",
+        "-",
+    )
+    assert code == 0, err
+    assert json.loads(out)["trained_on"] == ["c1"]
+    assert "1 of the 1 cases (c1) are images" in err and "optimistic" in err
 
     images = tmp_path / "photos"
     photo = np.zeros((10, 14, 3), np.uint8)

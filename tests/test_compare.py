@@ -190,3 +190,21 @@ def test_trained_on_knows_a_training_image_under_another_name(case):
         meta = {"train_cases": ["c"]}
 
     assert trained_on(Older(), [renamed, other]) == ["c"]
+
+
+def test_trained_on_counts_the_images_of_the_model_it_started_from(case):
+    from dataclasses import replace
+
+    from vessel_core.cases import image_fingerprints
+    from vessel_core.compare import trained_on
+
+    earlier = replace(case, id="e", image=np.full_like(case.image, 7))
+    fresh = replace(case, id="f", image=np.full_like(case.image, 3))
+
+    class Tuned:  # fine-tuned on "c", from a model that learned from "e"
+        meta = {
+            "train_images": image_fingerprints([case]),
+            "started_from": {"learned_images": image_fingerprints([earlier])},
+        }
+
+    assert trained_on(Tuned(), [case, earlier, fresh]) == ["c", "e"]

@@ -758,6 +758,19 @@ def _evaluate_model(args: argparse.Namespace) -> metrics.Report:
             f"{args.data}: no case with a vessel mask in split {split!r}{hint}"
         )
 
+    from vessel_core.compare import trained_on
+
+    seen = trained_on(model, cases)
+    if seen:
+        logger.warning(
+            "%d of the %d cases (%s) are images %s was trained on: their scores "
+            "are optimistic",
+            len(seen),
+            len(cases),
+            ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else ""),
+            args.model,
+        )
+
     maps, seconds = {}, []
     for i, case in enumerate(cases, 1):
         start = time.perf_counter()
@@ -772,6 +785,7 @@ def _evaluate_model(args: argparse.Namespace) -> metrics.Report:
         "kind": model.kind,
         "split": split,
         "seconds_per_image": float(np.mean(seconds)),
+        "trained_on": seen,
     }
     settings = getattr(model, "settings", {})
     if all(key in settings for key in PREDICTION_OPTIONS):  # how a ResNet predicted

@@ -65,13 +65,16 @@ def trained_on(model: Any, cases: Sequence[Case]) -> list[str]:
 
     By image content (``meta["train_images"]``), so a training image under
     another name or id counts, and another dataset's case ``01`` does not; a
-    model saved before that was recorded is matched by case id. Scores on such
-    cases are optimistic: a model is judged on images it never saw.
+    model saved before that was recorded is matched by case id. A model started
+    from another one's weights counts that one's training images too. Scores on
+    such cases are optimistic: a model should be judged on images it never saw.
     """
     meta = getattr(model, "meta", None) or {}
     images = meta.get("train_images")
     if images is not None:
-        seen = set(images)
+        # and those a model it started from learned from (`ResNetUNet` init_from)
+        earlier = (meta.get("started_from") or {}).get("learned_images") or ()
+        seen = set(images) | set(earlier)
         return [
             c.id
             for c, fp in zip(cases, image_fingerprints(cases), strict=True)
