@@ -755,6 +755,23 @@ def test_load_files_pairs_uploads_by_name():
     assert_array_equal(case.vessel_mask, square_mask(20, 24))
 
 
+def test_load_files_lists_hidden_uploads_unread():
+    image, disc = fundus(20, 24)
+    files = [
+        ("21_training.tif", encode(image, "TIFF")),
+        ("._21_training.tif", b"\x00\x05\x16\x07 AppleDouble, not a TIFF"),
+        ("21_manual1.gif", encode(square_mask(20, 24), "GIF")),
+        ("Thumbs.db", b"thumbnails"),
+    ]
+    found = load_files(files)
+    (case,) = found.cases
+    assert case.sources["image"] == "upload:21_training.tif"
+    hidden = [u for u in found.unpaired if "hidden or system file" in u.reason]
+    assert [u.path for u in hidden] == ["upload:._21_training.tif", "upload:Thumbs.db"]
+    with pytest.raises(LoadError, match=r"only hidden or system files \('\._a\.tif'"):
+        load_files([("._a.tif", b"junk")])
+
+
 def test_load_files_opens_an_uploaded_zip(tmp_path):
     write_drive(tmp_path / "d")
     archive = zip_folder(tmp_path / "d", tmp_path / "d.zip")

@@ -1577,12 +1577,16 @@ def load_files(files: Sequence[tuple[str, bytes]]) -> Discovery:
 
     entries: list[_Entry] = []
     refused: list[LoadError] = []  # archives refused whole, told with the rest
+    hidden: list[Unpaired] = []  # macOS's ._ copies and the like: listed, not read
     seen: set[str] = set()
     for name, data in files:
         posix = str(name).replace("\\", "/").lstrip("/")
         if posix in seen:
             raise LoadError(f"{name!r}: uploaded twice; give each file once")
         seen.add(posix)
+        if _is_hidden(posix):
+            hidden.append(Unpaired(f"upload:{posix}", "other", _HIDDEN_REASON))
+            continue
         data = bytes(data)
         if data[:4] in _ZIP_MAGICS:
             prefix = _stem(posix)
@@ -1599,7 +1603,20 @@ def load_files(files: Sequence[tuple[str, bytes]]) -> Discovery:
             )
     # one upload (a ZIP archive, most often) is named; several are counted
     where = repr(files[0][0]) if len(files) == 1 else f"{len(files)} uploaded file(s)"
-    return _discover_entries(entries, where, refused)
+    if hidden and not entries and not refused:
+        names = ", ".join(repr(h.path.removeprefix("upload:")) for h in hidden[:5])
+        raise _load_error(
+            f"{where}: only hidden or system files ({names}), which are not read",
+            "nothing",
+        )
+    found = _discover_entries(entries, where, refused)
+    found.unpaired[:0] = hidden
+    return found
+
+
+_HIDDEN_REASON = (
+    "a hidden or system file (such as macOS's ._ copies or Thumbs.db): not read"
+)
 
 
 def second_observer(path: str | os.PathLike) -> dict[str, NDArray[np.bool_]]:
