@@ -532,6 +532,22 @@ def model_refs(variants: bool = False) -> list[ModelRef]:
     ]
 
 
+def default_models(refs: Sequence[ModelRef], most: int = 4) -> list[str]:
+    """The labels a comparison starts with: the first model of each kind (this
+    session's first), then the next ones in order, ``most`` in all; no variant.
+
+    So a kind never drops out behind several models of another (the shipped
+    ResNet behind a session's KNN fits, say).
+    """
+    plain = [r for r in refs if not r.prediction]
+    kinds: dict[str, ModelRef] = {}
+    for ref in plain:
+        kinds.setdefault(ref.kind, ref)
+    first = list(kinds.values())[:most]
+    chosen = first + [r for r in plain if r not in first][: most - len(first)]
+    return [r.label for r in plain if r in chosen]
+
+
 def load(ref: ModelRef):
     """The model behind ``ref`` (a session's model in memory, else loaded once)."""
     loader = _loader(ref)
@@ -580,11 +596,17 @@ def _maps() -> compare.MapCache:
 def predict(ref: ModelRef, case: Case) -> tuple[np.ndarray, float]:
     """The probability map of ``case`` by ``ref``'s model and the seconds it took.
 
-    Cached by model and case fingerprint: the seconds are those of the first run.
+    Cached by model and case fingerprint: the seconds are those of the first run
+    (`is_predicted` tells beforehand whether it is cached).
     """
     return _maps().get(
         (ref.key, case.fingerprint()), lambda: load(ref).predict_proba(case)
     )
+
+
+def is_predicted(ref: ModelRef, case: Case) -> bool:
+    """Whether ``case``'s map by ``ref``'s model is in the server's cache."""
+    return (ref.key, case.fingerprint()) in _maps()
 
 
 @st.cache_resource

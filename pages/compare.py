@@ -26,7 +26,7 @@ if not refs:
 scorable = with_masks(loaded)
 test_ids = [c.id for c in with_masks(split_cases(loaded, "test"))]
 default_cases = test_ids or [c.id for c in scorable]
-default_models = [m for m in refs if not refs[m].prediction][:4]
+default_models = _ui.default_models(list(refs.values()))
 # a model that appeared since this session last looked (a reload may lie between)
 # joins the comparison (not its slower variant)
 known = st.session_state.get(_ui.COMPARE_SEEN)

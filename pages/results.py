@@ -47,6 +47,7 @@ with right:
     )
 case, ref = by_id[case_id], refs[label]
 
+cached = _ui.is_predicted(ref, case)
 try:
     model = _ui.load(ref)
     with st.spinner(f"{ref.name} is reading case {case.id}..."):
@@ -101,7 +102,10 @@ else:
         f"Case {case.id} has no manual vessel mask: here is the reconstruction alone, "
         "with nothing to score it against."
     )
-st.caption(f"Prediction took {seconds:.2f} s.")
+if cached:
+    st.caption(f"Map from the server's cache (its prediction took {seconds:.2f} s).")
+else:
+    st.caption(f"Prediction took {seconds:.2f} s.")
 
 panels = [("Original", case.image)]
 if case.has_mask:

@@ -348,6 +348,32 @@ def test_status_line_says_the_epoch_and_batch_after_every_resnet_batch():
     assert _ui.status_line(None) == "Starting..."
 
 
+def test_a_comparison_starts_with_one_model_of_each_kind_first():
+    from pages import _ui
+
+    def ref(name, kind, variant=False):
+        settings = (("flips", 4),) if variant else ()
+        return _ui.ModelRef(name, name, kind, "saved", Path(name), "", settings)
+
+    refs = [
+        ref("knn-a", "knn"),
+        ref("knn-b", "knn"),
+        ref("knn-c", "knn"),
+        ref("knn-d", "knn"),
+        ref("classic-x", "classic"),
+        ref("resnet34-full", "resnet34"),
+        ref("resnet34-full best", "resnet34", variant=True),
+    ]
+    # four KNN fits no longer push the shipped ResNet out
+    assert _ui.default_models(refs) == [
+        "knn-a (knn)",
+        "knn-b (knn)",
+        "classic-x (classic)",
+        "resnet34-full (resnet34)",
+    ]
+    assert _ui.default_models(refs[:2]) == ["knn-a (knn)", "knn-b (knn)"]
+
+
 def test_train_page_fits_the_classic_baseline(sample, models_dir):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
     at.radio(key="train_kind").set_value("classic").run()
@@ -475,6 +501,8 @@ def test_results_page_shows_reconstruction_errors_and_downloads(
     slider = next(s for s in at.slider if s.key.startswith("res_threshold_"))
     slider.set_value(0.99).run()
     assert {m.label: m.value for m in at.metric}["F1 (Dice)"] != f1
+    # the map is not computed again, and the time shown says whose it is
+    assert "Map from the server's cache (its prediction took " in texts(at.caption)
 
     at.selectbox(key="res_case").set_value("retina").run()
     assert not at.error, as_drawn(at.error)
