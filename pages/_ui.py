@@ -534,18 +534,29 @@ def model_refs(variants: bool = False) -> list[ModelRef]:
 
 def default_models(refs: Sequence[ModelRef], most: int = 4) -> list[str]:
     """The labels a comparison starts with: the first model of each kind (this
-    session's first), then the next ones in order, ``most`` in all; no variant.
+    session's first), the models the project ships, then the next ones in order,
+    ``most`` in all; no variant.
 
-    So a kind never drops out behind several models of another (the shipped
-    ResNet behind a session's KNN fits, say).
+    So neither a kind nor the shipped reference drops out behind a session's
+    fits.
     """
     plain = [r for r in refs if not r.prediction]
     kinds: dict[str, ModelRef] = {}
     for ref in plain:
         kinds.setdefault(ref.kind, ref)
-    first = list(kinds.values())[:most]
+    shipped = [r for r in plain if is_shipped(r)]
+    first = list(dict.fromkeys([*kinds.values(), *shipped]))[:most]
     chosen = first + [r for r in plain if r not in first][: most - len(first)]
     return [r.label for r in plain if r in chosen]
+
+
+def is_shipped(ref: ModelRef) -> bool:
+    """Whether ``ref`` is one of the models the project ships (`store.SHIPPED`)."""
+    return (
+        ref.path is not None
+        and ref.path.name in store.SHIPPED
+        and ref.path.resolve().parent == store.DEFAULT_MODELS_DIR.resolve()
+    )
 
 
 def load(ref: ModelRef):

@@ -56,7 +56,14 @@ def _hints(kind: str) -> dict:
     return {
         name: (quick[name], f"from the preset (quick {quick[name]}, full {full[name]})")
         for name in quick
-    } | {"init_from": ("", "no saved model: random or ImageNet weights")}
+    } | {
+        "init_from": ("", "no saved model: random or ImageNet weights"),
+        "lr": (
+            quick["lr"],
+            f"from the preset (quick {quick['lr']}, full {full['lr']}; a tenth "
+            "with init from)",
+        ),
+    }
 
 
 def _choices(kind: str, cls: type) -> dict:
@@ -99,7 +106,11 @@ def _training_pixels(kind: str, defaults: dict, n_cases: int, strategy: str) -> 
             f"when *context* is on, *context samples* (under More settings, default "
             f"{defaults['context_samples']:,}) more for the second stage"
         )
-    return f"centres part of its crops on the pixels kept by {chosen}"
+    return (
+        f"centres part of its crops on the pixels kept by {chosen}, and holds "
+        "*val cases* of them out (from the preset: quick 2, full 4) to choose its "
+        "epoch and threshold"
+    )
 
 
 def _model_notes(kind: str) -> list[str]:
@@ -330,7 +341,14 @@ def _job_box(job: Job) -> None:
                 f"{job.model.threshold:.3f}, {job.seconds:.0f} s."
             )
             meta = getattr(job.model, "meta", {})
-            if meta.get("epochs_run") == 0 and "best_epoch" in meta:
+            start = meta.get("started_from")
+            if meta.get("epochs_run") == 0 and "best_epoch" in meta and start:
+                st.info(
+                    f"It stopped before its first epoch ended: the weights are "
+                    f"{_ui.plain(start.get('name') or 'the saved model')}'s after "
+                    f"{meta.get('batches_run', 0)} more batch(es)."
+                )
+            elif meta.get("epochs_run") == 0 and "best_epoch" in meta:
                 st.warning(
                     "It stopped before its first epoch ended: these weights have "
                     "barely learned, and its maps say little (see Compare). Train "

@@ -373,6 +373,26 @@ def test_a_comparison_starts_with_one_model_of_each_kind_first():
     ]
     assert _ui.default_models(refs[:2]) == ["knn-a (knn)", "knn-b (knn)"]
 
+    # nor four fine-tuned ResNets the shipped one they came from (same kind)
+    tuned = [ref(f"ft-{i}", "resnet34") for i in range(4)]
+    shipped = _ui.ModelRef(
+        "full",
+        "resnet34-full",
+        "resnet34",
+        "saved",
+        store.DEFAULT_MODELS_DIR / "resnet34-full",
+    )
+    elsewhere = _ui.ModelRef(  # the same name in another folder is not shipped
+        "copy", "resnet34-full", "resnet34", "saved", Path("/elsewhere/resnet34-full")
+    )
+    assert _ui.default_models([*tuned, elsewhere, shipped]) == [
+        "ft-0 (resnet34)",
+        "ft-1 (resnet34)",
+        "ft-2 (resnet34)",
+        "resnet34-full (resnet34)",
+    ]
+    assert _ui.is_shipped(shipped) and not _ui.is_shipped(elsewhere)
+
 
 def test_train_page_fits_the_classic_baseline(sample, models_dir):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")

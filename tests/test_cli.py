@@ -553,7 +553,7 @@ def test_evaluate_missing_model_is_one_line(dataset, tmp_path, capsys):
     )
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: ")
-    assert "no model.json" in err
+    assert "nope: no such folder" in err
 
 
 def test_settings_flags_from_defaults(capsys):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from vessel_core._resnet_net import (
 )
 from vessel_core.cases import Case
 from vessel_core.resnet import (
+    FINE_TUNE_LR,
     PRESETS,
     RESNET34_FILE,
     ResNetUNet,
@@ -240,6 +242,10 @@ def test_fit_sends_batch_and_epoch_events_and_the_loss_goes_down(trained):
     ]
     assert {(e.metrics["epochs"], e.metrics["batches"]) for e in batches} == {(2, 3)}
     assert len(epochs) == 2
+    # said before the first batch, and before each epoch's held-out scoring
+    steps = [e.step for e in events if e.step != "batch"]
+    assert steps == ["prepare", "validate", "epoch", "validate", "epoch", "done"]
+    assert events[0].message.startswith("preparing: random weights, 2 training + 1")
     for key in ("dice", "f1", "sensitivity", "specificity", "auc_roc"):
         assert key in epochs[-1].metrics
     losses = [e.metrics["loss"] for e in batches]
@@ -279,6 +285,7 @@ def test_stop_request_ends_within_one_batch_and_keeps_a_usable_model(cases):
     )
     assert [e.done for e in events if e.step == "batch"] == [1, 2]
     assert model.meta["stopped_early"] == "stop requested"
+    assert model.meta["weights"] == "those after 2 batch(es), inside epoch 1"
     prob = model.predict_proba(cases[0])
     assert prob.shape == cases[0].shape
 
@@ -351,6 +358,31 @@ def test_init_from_starts_the_fit_at_a_saved_models_weights(trained, cases, tmp_
     json.dumps(tuned.meta)
 
 
+def test_init_from_takes_a_tenth_of_the_presets_learning_rate():
+    for preset in ("quick", "full"):
+        wanted = PRESETS[preset]["lr"] * FINE_TUNE_LR
+        tuned = ResNetUNet(preset=preset, init_from="models/x")
+        assert tuned.settings["lr"] == pytest.approx(wanted)
+        assert ResNetUNet(preset=preset).settings["lr"] == PRESETS[preset]["lr"]
+    assert ResNetUNet(init_from="models/x", lr=0.01).settings["lr"] == 0.01
+
+
+def test_a_model_that_has_not_learned_is_warned_of():
+    from vessel_core.resnet import _warn_if_unlearned
+
+    with pytest.warns(
+        UserWarning,
+        match=r"AUC 0\.52 \(threshold 0\.000\): .* "
+        "barely learned",
+    ):
+        _warn_if_unlearned({"auc_roc": 0.52, "threshold": 0.0})
+    with pytest.warns(UserWarning, match="AUC nan"):
+        _warn_if_unlearned({"auc_roc": float("nan"), "threshold": 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_unlearned({"auc_roc": 0.9, "threshold": 0.4})
+
+
 def test_init_from_warns_when_the_held_out_cases_were_trained_on(
     trained, cases, tmp_path
 ):
@@ -375,14 +407,14 @@ def test_init_from_refuses_another_kind_or_shape_naming_the_folder(
     )
     with pytest.raises(
         ValueError,
-        match=r"start was built with last_cross=True "
-        r"\(here False\)",
+        match=r"start was built with last_cross=True \(here False\); .* set "
+        r"last_cross=True, or start without init_from",
     ):
         ResNetUNet(**settings).fit(cases)
     meta_file.write_text(json.dumps({**meta, "kind": "classic"}))
     with pytest.raises(ValueError, match=r"start holds a 'classic' model"):
         ResNetUNet(**settings).fit(cases)
-    with pytest.raises(ValueError, match=r"nowhere: no model.json"):
+    with pytest.raises(ValueError, match=r"nowhere: no such folder"):
         ResNetUNet(**{**settings, "init_from": str(tmp_path / "nowhere")}).fit(cases)
 
 

@@ -110,6 +110,11 @@ def test_broken_folders_give_clear_errors(tmp_path, content, match):
         store.load_model(folder)
 
 
+def test_a_missing_folder_is_told_as_missing(tmp_path):
+    with pytest.raises(store.ModelFolderError, match=r"gone: no such folder"):
+        store.read_meta(tmp_path / "gone")
+
+
 def test_missing_array_file_names_the_folder(tmp_path):
     folder = store.save_model(TinyModel(), tmp_path / "m")
     (folder / "arrays.npz").unlink()

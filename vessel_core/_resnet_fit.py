@@ -331,6 +331,17 @@ class TrainingEvents(Callback):
             "train_loss": self.loss_sum / max(self.loss_count, 1)
         }
         if self.val_cases:
+            emit(
+                self.on_progress,
+                Progress(
+                    "validate",
+                    self.epoch + 1,
+                    self.n_epoch,
+                    {},
+                    f"epoch {self.epoch + 1}/{self.n_epoch}: scoring the "
+                    f"{len(self.val_cases)} held-out case(s)",
+                ),
+            )
             result = validate(
                 self.model,
                 self.val_inputs,

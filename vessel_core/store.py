@@ -117,6 +117,10 @@ def _register_builtin_kinds() -> None:
         _KINDS.setdefault(kind, loader)
 
 
+#: The model folders the project ships under `DEFAULT_MODELS_DIR` (models/README.md).
+SHIPPED = frozenset({"resnet34-full"})
+
+
 class ModelFolderError(ValueError):
     """A model folder that cannot be loaded; the message names folder and problem."""
 
@@ -488,6 +492,8 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     """
     folder = Path(folder)
     path = folder / META_FILE
+    if not folder.exists():
+        raise ModelFolderError(f"{folder}: no such folder")
     if not path.is_file():
         raise ModelFolderError(f"{folder}: no {META_FILE}; this is not a model folder")
     try:
