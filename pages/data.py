@@ -53,6 +53,19 @@ def _load(what: str, reader) -> None:
         f"Loaded {_ui.plural(len(found.cases), 'case')} ({found.layout}): "
         f"{n_train} train, {len(found.cases) - n_train} test{replaced}."
     )
+    bare = [c.id for c in found.cases if c.vessel_mask is None]
+    if bare:
+        if len(bare) == len(found.cases):
+            which = "None of them has a"
+        else:
+            shown = ", ".join(bare[:8]) + (", ..." if len(bare) > 8 else "")
+            verb = "has" if len(bare) == 1 else "have"
+            which = f"{_ui.plural(len(bare), 'case')} ({_ui.plain(shown)}) {verb} no"
+        it = "it" if len(bare) == 1 else "they"
+        st.info(
+            f"{which} manual vessel mask: {it} can be segmented (Results), not "
+            "trained on or scored. Load the masks with the images for that."
+        )
     if found.unpaired:
         lines = [
             f"- {_ui.plain(io.display_name(u.path))}: {_ui.plain(u.reason)}"

@@ -143,6 +143,9 @@ def test_data_page_loads_the_builtin_sample_and_keeps_a_split_change():
     at.button(key="load_sample").click().run()
     assert not at.exception
     assert "Loaded 5 cases" in texts(at.success)
+    assert "1 case (retina) has no manual vessel mask: it can be segmented" in (
+        texts(at.info)
+    )
     table = at.dataframe[0].value
     assert list(table["id"]) == [
         "synth-01",
