@@ -975,6 +975,14 @@ def test_an_empty_zip_upload_is_named():
     with pytest.raises(vio.LoadError, match="^'empty.zip': no files found"):
         vio.load_files([("empty.zip", buffer.getvalue())])
 
+    # one holding only macOS's leftovers says why they do not count
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("._a.tif", b"AppleDouble")
+        archive.writestr("__MACOSX/._a.tif", b"AppleDouble")
+    with pytest.raises(vio.LoadError, match=r"no files found.*macOS's \._ copies"):
+        vio.load_files([("mac.zip", buffer.getvalue())])
+
 
 def test_an_empty_file_and_broken_gzip_are_told_apart():
     image = np.full((64, 64, 3), 120, np.uint8)

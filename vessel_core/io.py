@@ -1639,7 +1639,11 @@ def _discover_entries(
             for exc in refused:
                 problems.add(exc)
             problems.raise_if_any(where)
-        raise _load_error(f"{where}: no files found, expected fundus images", "nothing")
+        raise _load_error(
+            f"{where}: no files found, expected fundus images (hidden and system "
+            "files, such as macOS's ._ copies and __MACOSX, are not read)",
+            "nothing",
+        )
     found = _build(entries, where, refused)
     if not found.cases:
         reasons = "; ".join(
