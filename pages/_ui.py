@@ -550,6 +550,15 @@ def default_models(refs: Sequence[ModelRef], most: int = 4) -> list[str]:
     return [r.label for r in plain if r in chosen]
 
 
+def first_model(refs: Sequence[ModelRef]) -> str:
+    """The label a one-model picker starts with: this session's first model, else
+    a shipped one, else the first listed."""
+    plain = [r for r in refs if not r.prediction] or list(refs)
+    own = [r for r in plain if r.origin != "saved"]
+    shipped = [r for r in plain if is_shipped(r)]
+    return (own or shipped or plain)[0].label
+
+
 def is_shipped(ref: ModelRef) -> bool:
     """Whether ``ref`` is one of the models the project ships (`store.SHIPPED`)."""
     return (

@@ -38,9 +38,10 @@ with left:
         ),
     )
 with right:
+    first = _ui.first_model(list(refs.values()))  # offered first: the default
     label = st.selectbox(
         "Model",
-        list(refs),
+        [first, *(m for m in refs if m != first)],
         key=_ui.kept("res_model"),
         persist_state=_ui.KEEP,
         help=_ui.VARIANT_HELP,
@@ -57,9 +58,14 @@ except Exception as exc:  # a model that cannot predict must not end the page
     _ui.stop_page()
 
 if compare.trained_on(model, [case]):
+    what = (
+        "scores are optimistic"
+        if case.has_mask
+        else "map looks better than a new image's"
+    )
     st.warning(
         f"Case {_ui.plain(case.id)} was one of this model's training cases: its "
-        "scores are optimistic. Judge the model on test cases."
+        f"{what}. Judge the model on test cases."
     )
 
 own = float(model.threshold)

@@ -186,10 +186,13 @@ if start:
                 f"the {_ui.KIND_LABELS[kind]} needs both classes; change it on "
                 "page 2 (Undersampling)"
             )
+        settings = _start_folder(settings)
+        if settings.get("init_from"):  # a wrong saved model is told now, not later
+            cls(**settings).check_start()
         job = _ui.job_manager().submit(
             _ui.session_id(),
             kind,
-            _start_folder(settings),
+            settings,
             train,
             selection=selection,
             name=name,

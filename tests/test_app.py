@@ -396,6 +396,13 @@ def test_a_comparison_starts_with_one_model_of_each_kind_first():
     ]
     assert _ui.is_shipped(shipped) and not _ui.is_shipped(elsewhere)
 
+    # Results' one model: this session's first, else the shipped one, else the first
+    scratch = ref("B-scratch", "resnet34")
+    assert _ui.first_model([scratch, shipped]) == "resnet34-full (resnet34)"
+    mine = _ui.ModelRef("job:1", "mine", "knn", "this session only", None, "1")
+    assert _ui.first_model([scratch, shipped, mine]) == "mine (knn, this session only)"
+    assert _ui.first_model([scratch]) == "B-scratch (resnet34)"
+
 
 def test_train_page_fits_the_classic_baseline(sample, models_dir):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
@@ -466,6 +473,16 @@ def test_train_page_starts_a_resnet_from_a_saved_one_and_shows_its_warnings(
     for name, value in tiny.items():
         at.number_input(key=f"train_resnet34_{name}").set_value(value)
     at.number_input(key="train_resnet34_tile_size").set_value(128)
+    # a saved model of another shape is refused when the form is sent
+    at.selectbox(key="train_resnet34_decoder_norm").set_value("none")
+    at.button(key="train_start").click().run()
+    refused = as_drawn(at.error)
+    assert "start-rn was built with decoder norm 'batch' (here 'none')" in refused
+    assert "set decoder norm to 'batch', or choose no saved model" in refused
+    from pages import _ui
+
+    assert not _ui._job_manager(str(models_dir)).jobs(at.session_state["session_id"])
+    at.selectbox(key="train_resnet34_decoder_norm").set_value("batch")
     at.text_input(key="train_name_resnet34").set_value("tuned")
     with pytest.warns(UserWarning, match="flatter this fit"):  # the server log's
         at.button(key="train_start").click().run()

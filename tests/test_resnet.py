@@ -407,8 +407,8 @@ def test_init_from_refuses_another_kind_or_shape_naming_the_folder(
     )
     with pytest.raises(
         ValueError,
-        match=r"start was built with last_cross=True \(here False\); .* set "
-        r"last_cross=True, or start without init_from",
+        match=r"start was built with last cross True \(here False\); .* set "
+        r"last cross to True, or choose no saved model",
     ):
         ResNetUNet(**settings).fit(cases)
     meta_file.write_text(json.dumps({**meta, "kind": "classic"}))

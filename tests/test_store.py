@@ -110,6 +110,14 @@ def test_broken_folders_give_clear_errors(tmp_path, content, match):
         store.load_model(folder)
 
 
+def test_models_are_listed_by_name_whatever_its_case(tmp_path):
+    for name in ("b-two", "A-one", "a-three", "C-four"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.json").write_text('{"kind": "knn"}')
+    names = [e.name for e in store.list_models(tmp_path)]
+    assert names == ["A-one", "a-three", "b-two", "C-four"]
+
+
 def test_a_missing_folder_is_told_as_missing(tmp_path):
     with pytest.raises(store.ModelFolderError, match=r"gone: no such folder"):
         store.read_meta(tmp_path / "gone")

@@ -159,8 +159,11 @@ class ResNetUNet:
     crop_size, batch_size, epochs, crops_per_epoch : int, optional
         Random training crops: side in pixels, per batch, epochs of the one-cycle
         schedule, crops per epoch.
-    lr, weight_decay : float, optional
-        Peak learning rate of fastai's one-cycle schedule (Adam) and weight decay.
+    lr : float, optional
+        Peak learning rate of fastai's one-cycle schedule (AdamW); None: the
+        preset's (quick 0.006, full 0.002), a tenth of it with ``init_from``.
+    weight_decay : float, optional
+        AdamW's weight decay; None: the preset's (0.01).
     vessel_crop_share : float, optional
         Share of crops centred on the pixels the undersampling selection chose
         (vessels and the band near them); the rest are centred anywhere in the FOV.
@@ -230,7 +233,8 @@ class ResNetUNet:
         prediction falls back to float32 with a warning. On a GPU prediction is
         always float32.
     max_minutes : float, optional
-        Time budget of the whole fit (0: none). The one-cycle schedule follows
+        Time budget of the whole fit (0: none); None: the preset's (quick 13.5,
+        full none). The one-cycle schedule follows
         whichever is further along, the batches or the clock, so on a busy machine
         the learning rate anneals sooner and the fit ends on time, validated.
     checkpoint_dir : str, optional
@@ -354,7 +358,7 @@ class ResNetUNet:
         start = self._start_model(val)
         weight_file = None if start else rn.resolve_pretrained(s["pretrained"])
         if start is not None:
-            source = f"{s['init_from']}'s"
+            source = f"{Path(s['init_from']).name}'s"
         else:
             source = "ImageNet encoder" if weight_file else "random"
         logger.info(
@@ -545,11 +549,13 @@ class ResNetUNet:
         model.meta["snapshot_of"] = str(folder)
         return model
 
-    def _start_model(self, val: Sequence[Case]) -> ResNetUNet | None:
-        """The saved model ``init_from`` names, loaded and checked; None without one.
+    def check_start(self) -> dict[str, Any] | None:
+        """Check the saved model ``init_from`` names without loading its weights:
+        its ``model.json``, None without one. Quick: a page calls it before it
+        starts a fit, so a wrong choice is told at once.
 
         Raises ValueError naming the folder when it is not a resnet34 model or
-        was built with other architecture settings.
+        was built with other architecture settings (and what to set).
         """
         folder = self.settings["init_from"]
         if folder is None:
@@ -565,17 +571,18 @@ class ResNetUNet:
         saved = meta.get("settings") or {}
         known = {k: v for k, v in saved.items() if k in _DEFAULTS}
         mine, theirs = _arch(self.settings), _arch({**_DEFAULTS, **known})
-        differ = [
-            f"{k}={theirs[k]!r} (here {v!r})" for k, v in mine.items() if v != theirs[k]
-        ]
+        differ = [k for k, v in mine.items() if v != theirs[k]]
         if differ:
-            fix = ", ".join(
-                f"{k}={theirs[k]!r}" for k, v in mine.items() if v != theirs[k]
+            # the names as the Train page labels them and the flags spell them
+            built = ", ".join(
+                f"{k.replace('_', ' ')} {theirs[k]!r} (here {mine[k]!r})"
+                for k in differ
             )
+            fix = ", ".join(f"{k.replace('_', ' ')} to {theirs[k]!r}" for k in differ)
             raise ValueError(
-                f"init_from: {folder} was built with {', '.join(differ)}; a fit can "
-                f"start only from a network of the same shape: set {fix}, or start "
-                "without init_from"
+                f"init from: {folder} was built with {built}; a fit can start only "
+                f"from a network of the same shape: set {fix}, or choose no saved "
+                "model"
             )
         theirs_input = known.get("input", self.settings["input"])
         if theirs_input != self.settings["input"]:
@@ -585,6 +592,16 @@ class ResNetUNet:
                 "made for another input",
                 stacklevel=3,
             )
+        return meta
+
+    def _start_model(self, val: Sequence[Case]) -> ResNetUNet | None:
+        """The saved model ``init_from`` names, checked (`check_start`) and
+        loaded; None without one. Warns of held-out cases it trained on."""
+        if self.check_start() is None:
+            return None
+        from vessel_core import store
+
+        folder = self.settings["init_from"]
         start = store.load_model(folder)
         seen = set(_trained_images(start.meta))
         flattered = [

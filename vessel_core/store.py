@@ -718,7 +718,7 @@ class ModelEntry:
 
 
 def list_models(root: str | Path = DEFAULT_MODELS_DIR) -> list[ModelEntry]:
-    """Every whole model folder under ``root``, sorted by name.
+    """Every whole model folder under ``root``, sorted by name (A and a alike).
 
     Hidden folders (unfinished saves) and folders whose JSON does not parse are
     left out. Leftovers of killed saves older than `STALE_SECONDS` are cleaned
@@ -729,7 +729,7 @@ def list_models(root: str | Path = DEFAULT_MODELS_DIR) -> list[ModelEntry]:
         return []
     clean_stale(root)
     entries = []
-    for path in sorted(root.iterdir()):
+    for path in sorted(root.iterdir(), key=lambda p: (p.name.lower(), p.name)):
         if not path.is_dir() or path.name.startswith("."):
             continue
         try:
