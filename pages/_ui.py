@@ -616,17 +616,11 @@ def _maps() -> compare.MapCache:
 def predict(ref: ModelRef, case: Case) -> tuple[np.ndarray, float]:
     """The probability map of ``case`` by ``ref``'s model and the seconds it took.
 
-    Cached by model and case fingerprint: the seconds are those of the first run
-    (`is_predicted` tells beforehand whether it is cached).
+    Cached by model and case fingerprint: the seconds are those of the first run.
     """
     return _maps().get(
         (ref.key, case.fingerprint()), lambda: load(ref).predict_proba(case)
     )
-
-
-def is_predicted(ref: ModelRef, case: Case) -> bool:
-    """Whether ``case``'s map by ``ref``'s model is in the server's cache."""
-    return (ref.key, case.fingerprint()) in _maps()
 
 
 @st.cache_resource

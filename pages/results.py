@@ -48,7 +48,6 @@ with right:
     )
 case, ref = by_id[case_id], refs[label]
 
-cached = _ui.is_predicted(ref, case)
 try:
     model = _ui.load(ref)
     with st.spinner(f"{ref.name} is reading case {case.id}..."):
@@ -108,10 +107,10 @@ else:
         f"Case {case.id} has no manual vessel mask: here is the reconstruction alone, "
         "with nothing to score it against."
     )
-if cached:
-    st.caption(f"Map from the server's cache (its prediction took {seconds:.2f} s).")
-else:
-    st.caption(f"Prediction took {seconds:.2f} s.")
+st.caption(
+    f"Prediction took {seconds:.2f} s. The map is kept on the server: this model "
+    "does not compute it again for this image (a threshold change, another page)."
+)
 
 panels = [("Original", case.image)]
 if case.has_mask:

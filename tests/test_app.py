@@ -541,8 +541,10 @@ def test_results_page_shows_reconstruction_errors_and_downloads(
     slider = next(s for s in at.slider if s.key.startswith("res_threshold_"))
     slider.set_value(0.99).run()
     assert {m.label: m.value for m in at.metric}["F1 (Dice)"] != f1
-    # the map is not computed again, and the time shown says whose it is
-    assert "Map from the server's cache (its prediction took " in texts(at.caption)
+    # the map is not computed again, and the time shown says so
+    assert "The map is kept on the server: this model does not compute it again" in (
+        texts(at.caption)
+    )
 
     at.selectbox(key="res_case").set_value("retina").run()
     assert not at.error, as_drawn(at.error)
