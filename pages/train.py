@@ -50,7 +50,7 @@ def _hints(kind: str) -> dict:
         return {"n_neighbors": (1, "chosen by cross-validation in [k min, k max]")}
     if kind != "resnet34":
         return {}
-    from vessel_core.resnet import PRESETS
+    from vessel_core.resnet import FINE_TUNE_LR, PRESETS
 
     quick, full = PRESETS["quick"], PRESETS["full"]
     return {
@@ -60,8 +60,8 @@ def _hints(kind: str) -> dict:
         "init_from": ("", "no saved model: random or ImageNet weights"),
         "lr": (
             quick["lr"],
-            f"from the preset (quick {quick['lr']}, full {full['lr']}; a tenth "
-            "with init from)",
+            f"from the preset (quick {quick['lr']}, full {full['lr']}; times "
+            f"{FINE_TUNE_LR:g} with init from)",
         ),
     }
 
@@ -106,10 +106,13 @@ def _training_pixels(kind: str, defaults: dict, n_cases: int, strategy: str) -> 
             f"when *context* is on, *context samples* (under More settings, default "
             f"{defaults['context_samples']:,}) more for the second stage"
         )
+    from vessel_core.resnet import PRESETS
+
+    held = ", ".join(f"{name} {p['val_cases']}" for name, p in PRESETS.items())
     return (
         f"centres part of its crops on the pixels kept by {chosen}, and holds "
-        "*val cases* of them out (from the preset: quick 2, full 4) to choose its "
-        "epoch and threshold"
+        f"*val cases* of them out (from the preset: {held}) to choose its epoch and "
+        "threshold"
     )
 
 

@@ -565,7 +565,7 @@ class ResNetUNet:
         meta = store.read_meta(folder)  # ModelFolderError (a ValueError) names it
         if meta["kind"] != self.kind:
             raise ValueError(
-                f"init_from: {folder} holds a {meta['kind']!r} model, not a "
+                f"init from: {folder} holds a {meta['kind']!r} model, not a "
                 f"{self.kind!r} one"
             )
         saved = meta.get("settings") or {}
@@ -587,8 +587,8 @@ class ResNetUNet:
         theirs_input = known.get("input", self.settings["input"])
         if theirs_input != self.settings["input"]:
             warnings.warn(
-                f"init_from: {folder} learned from input={theirs_input!r}, this fit "
-                f"uses input={self.settings['input']!r}: it starts from features "
+                f"init from: {folder} learned from input {theirs_input!r}, this fit "
+                f"uses input {self.settings['input']!r}: it starts from features "
                 "made for another input",
                 stacklevel=3,
             )
@@ -609,7 +609,7 @@ class ResNetUNet:
         ]
         if flattered:
             warnings.warn(
-                f"init_from: {folder} was trained on held-out case(s) "
+                f"init from: {folder} was trained on held-out case(s) "
                 f"{', '.join(flattered)}: their scores, the kept epoch and the "
                 "threshold will flatter this fit",
                 stacklevel=3,
