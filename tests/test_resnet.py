@@ -271,6 +271,23 @@ def test_fit_fills_meta(trained, cases):
     json.dumps(meta)  # model.json must hold it
 
 
+def test_a_fit_with_no_held_out_case_picks_its_threshold_on_training_cases(cases):
+    from vessel_core import metrics
+
+    settings = {**TINY, "epochs": 1, "val_cases": 0, "threshold_train_cases": 0}
+    with pytest.warns(UserWarning, match="no held-out cases: the threshold is picked"):
+        model = ResNetUNet(**settings).fit(cases)
+    meta = model.meta
+    assert meta["val_cases"] == [] and meta["val_threshold"] is None
+    # all 3 (fewer than NO_HELD_OUT_THRESHOLD_CASES), not a blind 0.5
+    assert sorted(meta["threshold_cases"]) == ["t0", "t1", "t2"]
+    maps = [model.predict_proba(c) for c in cases]
+    best = metrics.best_threshold(
+        [c.vessel_mask for c in cases], maps, [c.fov_mask for c in cases]
+    )
+    assert model.threshold == pytest.approx(best, abs=0.002)
+
+
 def test_stop_request_ends_within_one_batch_and_keeps_a_usable_model(cases):
     stop = threading.Event()
     events = []

@@ -82,6 +82,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: this share of the preset's: its full peak would first undo what was learned
 #: (the quick preset's 0.006 took a DRIVE model from F1 0.82 to 0.73 in 2 batches).
 FINE_TUNE_LR = 0.1
+#: Training cases that pick the threshold of a fit with no held-out case.
+NO_HELD_OUT_THRESHOLD_CASES = 6
 
 #: Training crops whose batches measure the batch norm statistics of averaged
 #: weights again (`_resnet_fit.recompute_batch_norm`).
@@ -177,7 +179,9 @@ class ResNetUNet:
         after CLAHE, standardised and repeated three times.
     val_cases : int, optional
         Training cases held out (chosen with ``seed``) to pick the best epoch and
-        the threshold; 0 keeps the last epoch and a threshold of 0.5.
+        the threshold; 0 keeps the last epoch (or the mean of the last
+        ``average_epochs``) and picks the threshold on training cases (see
+        ``threshold_train_cases``).
     average_epochs : int, optional
         The model keeps the mean of the weights at the end of the last this many
         epochs (stochastic weight averaging over the annealed end of the one-cycle
@@ -191,6 +195,8 @@ class ResNetUNet:
         Training cases whose maps join the held-out ones when the final threshold
         (best pooled F1) is chosen, because two held-out cases make a noisy
         choice. 0 uses the held-out cases only; skipped after a stop request.
+        With ``val_cases=0`` at least 6 training cases pick it alone (with a
+        warning: the network learned from them).
     pretrained : {"auto", True, False}, default="auto"
         ImageNet weights for the encoder, only from torchvision's file already in
         the local torch cache (``torch.hub.get_dir()/checkpoints``); nothing is
@@ -749,7 +755,7 @@ class ResNetUNet:
         if val:
             _warn_if_unlearned(state.best_scores)
         threshold_cases = [c.id for c in val]
-        extra = self._threshold_cases(train)
+        extra = self._threshold_cases(train, held_out=bool(val))
         if extra and val and not state.best_maps and state.best_state and not hurry:
             # a resumed fit whose best epoch came before the checkpoint: its
             # held-out maps were not kept, so they are predicted again
@@ -757,6 +763,15 @@ class ResNetUNet:
         if extra and val and state.best_maps and not hurry:
             self.threshold, threshold_cases = self._pooled_threshold(
                 net, device, val, state.best_maps, extra
+            )
+        elif extra and not val and not hurry:
+            warnings.warn(
+                f"no held-out cases: the threshold is picked on {len(extra)} "
+                "training case(s), which the network learned from",
+                stacklevel=3,
+            )
+            self.threshold, threshold_cases = self._pooled_threshold(
+                net, device, [], [], extra
             )
         self.meta = {
             "settings": dict(self.settings),
@@ -784,9 +799,18 @@ class ResNetUNet:
             "training_fov_diameter": _median_fov_diameter(list(train) + list(val)),
         }
 
-    def _threshold_cases(self, train: Sequence[Case]) -> list[Case]:
-        """The training cases (chosen with the seed) that help pick the threshold."""
-        n = min(self.settings["threshold_train_cases"], len(train))
+    def _threshold_cases(
+        self, train: Sequence[Case], held_out: bool = True
+    ) -> list[Case]:
+        """The training cases (chosen with the seed) that help pick the threshold.
+
+        Without held-out cases (``held_out`` False) they pick it alone: at least
+        `NO_HELD_OUT_THRESHOLD_CASES` of them, else 0.5 would be used blind.
+        """
+        n = self.settings["threshold_train_cases"]
+        if not held_out:
+            n = max(n, NO_HELD_OUT_THRESHOLD_CASES)
+        n = min(n, len(train))
         order = np.random.default_rng([self.settings["seed"], 1]).permutation(
             len(train)
         )
@@ -818,12 +842,13 @@ class ResNetUNet:
                 list(val_maps) + list(extra_maps),
                 [c.fov_mask for c in cases],
             )
+        alone = f" (held-out alone: {self.threshold:.3f})" if val else ""
         logger.info(
-            "threshold %.3f on %d held-out + %d training cases (held-out alone: %.3f)",
+            "threshold %.3f on %d held-out + %d training cases%s",
             threshold,
             len(val),
             len(extra),
-            self.threshold,
+            alone,
         )
         return float(threshold), [c.id for c in cases]
 
