@@ -429,6 +429,22 @@ def test_train_unknown_kind_and_no_cases(dataset, tmp_path, capsys, green_kind):
     assert code == 2 and "--sampling needs --strategy" in err
 
 
+def test_train_checks_the_start_model_before_reading_the_data(tmp_path, capsys):
+    # the data folder does not exist either: the start model is told first
+    code, _, err = _run(
+        capsys,
+        "train",
+        "resnet34",
+        "--data",
+        tmp_path / "no-data",
+        "--out",
+        tmp_path / "m",
+        "--init-from",
+        tmp_path / "nowhere",
+    )
+    assert code == 2 and "nowhere: no such folder" in err and "no-data" not in err
+
+
 def test_train_ctrl_c_stops_and_saves(dataset, tmp_path, capsys, green_kind):
     green_kind.interrupt_fit = True
     # what it was (ignored, where the suite runs in a background job)

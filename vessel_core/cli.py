@@ -909,6 +909,12 @@ def run_train(args: argparse.Namespace) -> int:
         # checked before training, so a long fit is never lost to a taken name
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
 
+    # settings, and a saved start model (init_from), are checked before the data
+    # is read: a wrong one is told at once
+    settings = _settings_from(args, model_cls)
+    model = model_cls(**settings)
+    if hasattr(model, "check_start"):
+        model.check_start()
     found = _discover(args.data)
     cases = with_masks(_select_split(found.cases, args.split))
     if not cases:
@@ -916,8 +922,6 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.data}: no case with a vessel mask in split {args.split!r}{hint}"
         )
-    settings = _settings_from(args, model_cls)
-    model = model_cls(**settings)
     logger.info("training %s on %d case(s) with %s", args.kind, len(cases), settings)
 
     selection = None
