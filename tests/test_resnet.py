@@ -271,6 +271,20 @@ def test_fit_fills_meta(trained, cases):
     json.dumps(meta)  # model.json must hold it
 
 
+def test_small_sets_hold_out_at_most_half_their_cases():
+    few = [tiny_case(f"s{i}", seed=i) for i in range(5)]
+    model = ResNetUNet(**{**TINY, "val_cases": 2})
+    for n, held in ((5, 2), (4, 2), (3, 1), (2, 1), (1, 0)):
+        if held < 2:
+            with pytest.warns(UserWarning, match=f"holding out {held}, training on"):
+                train, val = model._split(few[:n])
+        else:
+            train, val = model._split(few[:n])
+        assert (len(train), len(val)) == (n - held, held)
+    # asked for none: none, whatever the count
+    assert len(ResNetUNet(**{**TINY, "val_cases": 0})._split(few)[1]) == 0
+
+
 def test_a_fit_with_no_held_out_case_picks_its_threshold_on_training_cases(cases):
     from vessel_core import metrics
 

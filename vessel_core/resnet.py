@@ -178,7 +178,8 @@ class ResNetUNet:
         Network input: the RGB image standardised in the FOV, or its green channel
         after CLAHE, standardised and repeated three times.
     val_cases : int, optional
-        Training cases held out (chosen with ``seed``) to pick the best epoch and
+        Training cases held out (chosen with ``seed``; at most half of them, with
+        a warning when fewer than asked) to pick the best epoch and
         the threshold; 0 keeps the last epoch (or the mean of the last
         ``average_epochs``) and picks the threshold on training cases (see
         ``threshold_train_cases``).
@@ -653,11 +654,15 @@ class ResNetUNet:
                     f"case {case.id}: image is {case.shape}, at least 32 pixels a "
                     "side are needed"
                 )
-        n_val = min(self.settings["val_cases"], len(cases) - 1)
+        # at most half the cases are held out: 2 of 3 would leave 1 to learn from
+        n_val = min(self.settings["val_cases"], len(cases) // 2)
+        if len(cases) > 1:
+            n_val = max(n_val, min(1, self.settings["val_cases"]))
         if n_val < self.settings["val_cases"]:
             warnings.warn(
                 f"val_cases={self.settings['val_cases']} but only {len(cases)} "
-                f"case(s) with a vessel mask; holding out {n_val}",
+                f"case(s) with a vessel mask; holding out {n_val}, training on "
+                f"{len(cases) - n_val}",
                 stacklevel=3,
             )
         rng = np.random.default_rng(self.settings["seed"])
