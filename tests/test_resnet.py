@@ -174,6 +174,41 @@ def test_green_input_repeats_one_channel():
     assert abs(float(x[case.fov_mask, 0].mean())) < 1e-4
 
 
+def test_extended_input_fills_beyond_the_fov_without_a_step():
+    import cv2
+
+    from vessel_core._resnet_data import EXTEND_RIM, extend_beyond_fov
+
+    case = tiny_case("a", 0, shape=(90, 120))
+    plain = network_input(case.image, case.fov_mask, "rgb")
+    x = network_input(case.image, case.fov_mask, "rgb-extended")
+    kept = cv2.erode(
+        case.fov_mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=EXTEND_RIM
+    ).astype(bool)
+    np.testing.assert_array_equal(x[kept], plain[kept])  # the inside, less the rim
+    # every filled value is an average of kept ones: within their range
+    low, high = plain[kept].min(0), plain[kept].max(0)
+    assert np.all(x >= low - 1e-5) and np.all(x <= high + 1e-5)
+    # plain: a step of several standard deviations at the FOV's edge; extended: none
+    fov = case.fov_mask.astype(np.uint8)
+    edge = case.fov_mask & ~cv2.erode(fov, None).astype(bool)
+    ring = cv2.dilate(fov, None).astype(bool) & ~case.fov_mask
+
+    def step(a):
+        return abs(float(a[edge].mean() - a[ring].mean()))
+
+    assert step(plain) > 1.0 and step(x) < 0.3 * step(plain)
+    # a constant inside fills the whole image with that constant, any channel count
+    flat = np.full((50, 70, 1), 2.5, np.float32)
+    flat[~case.fov_mask[:50, :70]] = -7.0
+    filled = extend_beyond_fov(flat, case.fov_mask[:50, :70])
+    np.testing.assert_allclose(filled, 2.5, atol=1e-5)
+    green = network_input(case.image, case.fov_mask, "green-extended")
+    np.testing.assert_array_equal(green[..., 0], green[..., 2])
+    with pytest.raises(ValueError, match="input must be one of"):
+        network_input(case.image, case.fov_mask, "rgb-stretched")
+
+
 def test_crops_hold_class_indices_and_repeat_by_seed_and_epoch():
     case = tiny_case("a", 0)
     centres = {"a": np.argwhere(case.vessel_mask).astype(np.int32)}

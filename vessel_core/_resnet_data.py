@@ -14,8 +14,11 @@ from torch import nn
 
 from vessel_core.cases import Case
 
-#: Ways of turning an RGB fundus image into the network's 3 input channels.
-INPUTS = ("rgb", "green")
+#: Ways of turning an RGB fundus image into the network's 3 input channels; the
+#: ``-extended`` ones also fill the outside of the FOV from its edge.
+INPUTS = ("rgb", "green", "rgb-extended", "green-extended")
+#: Pixels at the FOV's edge that an extended input does not fill from.
+EXTEND_RIM = 2
 
 
 def network_input(
@@ -28,11 +31,18 @@ def network_input(
     (OpenCV, clip 2.0 on an 8x8 grid) and repeats the standardised result three
     times. Standardising per image makes the input alike across datasets whose
     brightness differs (DRIVE, STARE, CHASE_DB1, HRF).
+
+    ``"rgb-extended"`` and ``"green-extended"`` then give every pixel outside
+    the FOV the value of the nearest pixel inside (`extend_beyond_fov`), so the
+    network sees no dark step at the FOV's edge, where a vessel that runs into
+    it would otherwise end at a false edge (the FOV extension of Soares et al.,
+    2006, done in one pass).
     """
     if kind not in INPUTS:
         raise ValueError(f"input must be one of {INPUTS}, got {kind!r}")
+    base, extended = kind.removesuffix("-extended"), kind.endswith("-extended")
     inside = fov_mask if fov_mask.any() else np.ones_like(fov_mask)
-    if kind == "rgb":
+    if base == "rgb":
         channels = image.astype(np.float32) / 255.0
     else:
         equaliser = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
@@ -42,9 +52,52 @@ def network_input(
     mean = values.mean(axis=0)
     std = np.maximum(values.std(axis=0), 1e-3)
     out = (channels - mean.astype(np.float32)) / std.astype(np.float32)
-    if kind == "green":
+    if extended:
+        out = extend_beyond_fov(out, inside)
+    if base == "green":
         out = np.repeat(out, 3, axis=2)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def extend_beyond_fov(
+    x: NDArray[np.float32], fov_mask: NDArray[np.bool_]
+) -> NDArray[np.float32]:
+    """``x`` (H, W, C) with the outside of the FOV filled smoothly from inside it.
+
+    The inside less its outermost `EXTEND_RIM` pixels (a ring that is often
+    darker than the rest) is kept; everything else, that ring included, is
+    filled by pull-push: the kept pixels are averaged down an image pyramid
+    until no hole is left, and each level's holes take the coarser level,
+    blown up. The fill meets the local mean at the edge and grows smoother away
+    from it, and draws no streaks that could pass for vessels.
+    """
+    kernel = np.ones((3, 3), np.uint8)
+    kept = cv2.erode(fov_mask.astype(np.uint8), kernel, iterations=EXTEND_RIM)
+    if kept.all() or not kept.any():
+        return x
+    return _pull_push(x, kept.astype(np.float32))
+
+
+def _pull_push(
+    x: NDArray[np.float32], weight: NDArray[np.float32]
+) -> NDArray[np.float32]:
+    """``x`` (H, W, C) where ``weight`` (H, W, in [0, 1]) is 1, and filled from
+    the coarser levels where it is less."""
+    if weight.min() >= 1.0:
+        return x
+    w = weight[..., None]
+    if min(weight.shape) < 4:  # the top of the pyramid: the weighted mean
+        mean = (x * w).sum(axis=(0, 1)) / max(float(weight.sum()), 1e-6)
+        return (x * w + mean * (1.0 - w)).astype(np.float32)
+    total = cv2.pyrDown(x * w)
+    total = total.reshape(*total.shape[:2], x.shape[2])  # OpenCV drops 1 channel
+    share = cv2.pyrDown(weight)
+    covered = share > 1e-3
+    small = np.zeros_like(total)
+    small[covered] = total[covered] / share[covered][:, None]
+    coarse = _pull_push(small, covered.astype(np.float32))
+    up = cv2.pyrUp(coarse, dstsize=(x.shape[1], x.shape[0])).reshape(x.shape)
+    return (x * w + up * (1.0 - w)).astype(np.float32)
 
 
 class _Prepared:

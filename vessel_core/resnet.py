@@ -174,9 +174,11 @@ class ResNetUNet:
         crop also gets a random flip and multiple of 90 degrees.
     dice_weight : float, optional
         Loss = cross-entropy + ``dice_weight`` * (1 - soft Dice), inside the FOV.
-    input : {"rgb", "green"}, optional
+    input : {"rgb", "green", "rgb-extended", "green-extended"}, optional
         Network input: the RGB image standardised in the FOV, or its green channel
-        after CLAHE, standardised and repeated three times.
+        after CLAHE, standardised and repeated three times. ``-extended``: also
+        the outside of the FOV filled from the nearest pixels inside it, so
+        there is no dark step at the FOV's edge.
     val_cases : int, optional
         Training cases held out (chosen with ``seed``; at most half of them, with
         a warning when fewer than asked) to pick the best epoch and
@@ -293,7 +295,7 @@ class ResNetUNet:
     kind = "resnet34"
     SETTING_CHOICES = {
         "preset": ["quick", "full"],
-        "input": ["rgb", "green"],
+        "input": ["rgb", "green", "rgb-extended", "green-extended"],
         "decoder_norm": ["batch", "none"],
         "device": ["auto", "cpu", "cuda"],
         "precision": ["int8", "float32"],
