@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pandas as pd
 import streamlit as st
 
 from pages import _ui
 from vessel_core import io, render, samples
 from vessel_core.cases import Case
+from vessel_core.progress import kept_warnings
 
 _ui.through_app()
 
@@ -27,16 +26,14 @@ def _load(what: str, reader) -> None:
     """Run ``reader()`` -> Discovery and keep its cases; on failure keep the old."""
     # the files the last load left unused are no news about this one
     st.session_state[_ui.UNPAIRED] = []
-    with st.spinner(f"Reading {what}..."), warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
+    with st.spinner(f"Reading {what}..."), kept_warnings() as seen:
         try:
             found = reader()
         except (io.LoadError, ValueError, OSError) as exc:
             _ui.show_error(_without_where(str(exc), what), f"Loading {what}")
             return
-    for w in seen:
-        if issubclass(w.category, UserWarning):
-            st.warning(_ui.as_text(w.message))
+    for text in seen:
+        st.warning(_ui.as_text(text))
     if not found.cases:
         st.error(
             _ui.as_text(f"{what}: no image found among the files; nothing was loaded.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import streamlit as st
 
 from pages import _ui
@@ -97,9 +95,9 @@ pred = render.reconstruct(prob, threshold, case.fov_mask)
 
 figures = None
 if case.has_mask:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        figures = metrics.score(case.vessel_mask, prob, case.fov_mask, threshold)
+    figures = metrics.score(
+        case.vessel_mask, prob, case.fov_mask, threshold, quiet=True
+    )
     for col, key in zip(st.columns(len(SHOWN)), SHOWN, strict=True):
         col.metric(_ui.METRIC_LABELS.get(key, key), _ui.fmt(figures[key]))
 else:

@@ -21,7 +21,7 @@ from vessel_core.jobs import (
     clean_name,
     free_name,
 )
-from vessel_core.progress import Progress
+from vessel_core.progress import Progress, warn
 from vessel_core.store import list_models
 
 STARTED: list[str] = []
@@ -47,7 +47,7 @@ class GatedModel:
     def fit(self, cases, selection=None, on_progress=None, stop=None):
         STARTED.append(self.tag)
         for text in self.warn:
-            warnings.warn(text, stacklevel=2)
+            warn(text, stacklevel=2)  # as the package's fits warn
         if self.gate is not None:
             self.gate.wait(5)
         for i in range(self.steps):
@@ -140,8 +140,21 @@ def test_each_job_keeps_the_warnings_its_own_fit_raised(tmp_path, cases):
     assert second.warnings == ["b: odd"]  # once each
     assert {"a: case 3 left out", "b: odd"} <= {str(w.message) for w in shown}
     with pytest.warns(UserWarning, match="outside"):
-        warnings.warn("outside any job", stacklevel=1)  # goes to no job
+        warn("outside any job", stacklevel=1)  # goes to no job
     assert first.warnings == ["a: case 3 left out"]
+    mgr.close()
+
+
+def test_a_jobs_warnings_are_kept_whatever_the_warning_filters_say(tmp_path, cases):
+    # two threads leaving warnings.catch_warnings out of turn once left the server
+    # with every warning filtered out (or recorded into a lost list) for good; a
+    # job's warnings must not depend on that process-wide state
+    mgr = JobManager(max_running=1, models_dir=tmp_path, reap_every=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        job = submit(mgr, cases, tag="c", warn=["c: held out 1 of 3"])
+        assert mgr.wait(job, 5)
+    assert job.warnings == ["c: held out 1 of 3"]
     mgr.close()
 
 

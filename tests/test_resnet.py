@@ -335,6 +335,10 @@ def test_a_fit_with_no_held_out_case_picks_its_threshold_on_training_cases(cases
         [c.vessel_mask for c in cases], maps, [c.fov_mask for c in cases]
     )
     assert model.threshold == pytest.approx(best, abs=0.002)
+    # nothing held out says a network learned nothing: those cases do
+    settings["lr"] = 1e-9
+    with pytest.warns(UserWarning, match="the training cases score AUC 0.[3-6]"):
+        ResNetUNet(**settings).fit(cases)
 
 
 def test_stop_request_ends_within_one_batch_and_keeps_a_usable_model(cases):

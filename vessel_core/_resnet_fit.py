@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (fastai is imported after its warnings are silenced)
 """The fastai side of `ResNetUNet.fit`: learner, progress, validation, checkpoints."""
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-with warnings.catch_warnings():
-    # fastai decorates a few functions with the deprecated torch.jit.script
-    warnings.simplefilter("ignore", FutureWarning)
-    import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
-    from fastai.callback.core import Callback
-    from fastai.data.core import DataLoaders
-    from fastai.data.load import DataLoader
-    from fastai.learner import CancelFitException, CancelValidException, Learner
-    from fastai.optimizer import OptimWrapper
+from vessel_core._resnet_net import silence_libraries
+
+silence_libraries()  # before fastai is imported: its imports warn
+import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
+from fastai.callback.core import Callback
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import CancelFitException, CancelValidException, Learner
+from fastai.optimizer import OptimWrapper
 
 from vessel_core import metrics
 from vessel_core._resnet_data import CropDataset, VesselLoss, network_input
@@ -162,13 +162,11 @@ def validate(
                 maps.append(np.where(case.fov_mask, prob, 0.0).astype(np.float32))
     finally:
         net.train(was_training)
-    with warnings.catch_warnings():
-        # an untrained network may call every pixel a vessel: NaN figures are fine
-        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        threshold = metrics.best_threshold(
-            [c.vessel_mask for c in cases], maps, [c.fov_mask for c in cases]
-        )
-        pooled = metrics.evaluate(cases, maps, threshold).pooled
+    # an untrained network may call every pixel a vessel: NaN figures are fine
+    threshold = metrics.best_threshold(
+        [c.vessel_mask for c in cases], maps, [c.fov_mask for c in cases], quiet=True
+    )
+    pooled = metrics.evaluate(cases, maps, threshold, quiet=True).pooled
     scores = {
         "dice": float(pooled["f1"]),
         "f1": float(pooled["f1"]),

@@ -11,12 +11,13 @@ so a loaded model quantizes the same way without its training data.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from vessel_core._resnet_net import silence_libraries
 
 #: Prefix of the observer entries in a calibrated network's state_dict.
 OBSERVER_KEY = "activation_post_process"
@@ -96,9 +97,8 @@ def prepare(net: nn.Module, example: torch.Tensor) -> nn.Module:
     torch.backends.quantized.engine = "x86"
     graph = UnetGraph(net)
     graph.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_fx(graph, _qconfig_mapping(), example_inputs=(example,))
+    silence_libraries()
+    return prepare_fx(graph, _qconfig_mapping(), example_inputs=(example,))
 
 
 def calibrate(observed: nn.Module, inputs: Sequence[np.ndarray], size: int = 256):
@@ -136,9 +136,8 @@ def convert(observed: nn.Module) -> nn.Module:
     """The int8 network of a calibrated observed one."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return convert_fx(observed)
+    silence_libraries()
+    return convert_fx(observed)
 
 
 def quantized_from(net: nn.Module, ranges: dict[str, torch.Tensor]) -> nn.Module:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from vessel_core.progress import silence
 from vessel_core.resnet import imagenet_weight_file
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,17 @@ def resolve_pretrained(pretrained: bool | str) -> Path | None:
     return None
 
 
+def silence_libraries() -> None:
+    """Turn off the warnings of torch and fastai that say nothing a user can act
+    on (deprecations inside them, fastai's dummy pass, torch's int8 observers),
+    once for the process (`vessel_core.progress.silence`: no
+    `warnings.catch_warnings`, which threads undo for each other)."""
+    silence(FutureWarning, module=r"torch\.jit")  # fastai uses torch.jit.script
+    silence(module=r"torch\.ao\.")
+    silence(DeprecationWarning, message=r"torch\.ao\.quantization is deprecated")
+    silence(message=r"The 'mode\.chained_assignment' option is deprecated")
+
+
 def build_unet(
     arch: dict,
     weight_file: Path | None = None,
@@ -64,10 +75,9 @@ def build_unet(
     """
     import torchvision
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # fastai uses torch.jit.script
-        from fastai.layers import NormType
-        from fastai.vision.models.unet import DynamicUnet
+    silence_libraries()
+    from fastai.layers import NormType
+    from fastai.vision.models.unet import DynamicUnet
 
     if seed is not None:
         torch.manual_seed(int(seed))
@@ -80,18 +90,15 @@ def build_unet(
         logger.debug("resnet34 encoder: random weights (no ImageNet weight file used)")
     encoder = nn.Sequential(*list(resnet.children())[:-2])
     norm = {"batch": NormType.Batch, "none": None}[arch["decoder_norm"]]
-    with warnings.catch_warnings():
-        # fastai's dummy pass through the encoder warns about nothing we control
-        warnings.simplefilter("ignore")
-        net = DynamicUnet(
-            encoder,
-            n_out=2,
-            img_size=(128, 128),
-            blur=bool(arch["blur"]),
-            self_attention=bool(arch["self_attention"]),
-            last_cross=bool(arch["last_cross"]),
-            norm_type=norm,
-        )
+    net = DynamicUnet(
+        encoder,
+        n_out=2,
+        img_size=(128, 128),
+        blur=bool(arch["blur"]),
+        self_attention=bool(arch["self_attention"]),
+        last_cross=bool(arch["last_cross"]),
+        norm_type=norm,
+    )
     return net
 
 

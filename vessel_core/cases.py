@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+
+from vessel_core.progress import warn
 
 SPLITS = ("train", "test")
 
@@ -154,7 +155,7 @@ def fit_cases(cases: Sequence[Case]) -> list[Case]:
     if len(kept) < len(masked):
         kept_ids = {c.id for c in kept}
         left = [c.id for c in masked if c.id not in kept_ids]
-        warnings.warn(
+        warn(
             f"left out of training: {', '.join(left)} (their vessel masks hold one "
             "class only inside the FOV, almost surely the wrong files)",
             stacklevel=3,

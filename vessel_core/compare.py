@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -265,50 +264,48 @@ def score_models(
     predict = predict or _timed
     out = Scored()
     total, done = len(models) * len(cases), 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        for name, model in models.items():
-            maps, seconds = {}, 0.0
-            try:
-                if not hasattr(model, "predict_proba"):
-                    if should_stop(stop):
-                        return Scored(stopped=True)
-                    emit(
-                        on_progress,
-                        Progress("load", done, total, message=f"loading {name}"),
-                    )
-                    model = model()
-                for case in cases:
-                    if should_stop(stop):
-                        return Scored(stopped=True)
-                    emit(
-                        on_progress,
-                        Progress(
-                            "predict",
-                            done,
-                            total,
-                            message=f"{name} on case {case.id}",
-                        ),
-                    )
-                    maps[case.id], took = predict(name, model, case)
-                    seconds += took
-                    done += 1
-                out.reports[name] = metrics.evaluate(
-                    cases, maps, threshold=model.threshold
+    for name, model in models.items():
+        maps, seconds = {}, 0.0
+        try:
+            if not hasattr(model, "predict_proba"):
+                if should_stop(stop):
+                    return Scored(stopped=True)
+                emit(
+                    on_progress,
+                    Progress("load", done, total, message=f"loading {name}"),
                 )
-                out.seconds[name] = seconds / max(len(cases), 1)
-            except Exception as exc:  # one broken model must not hide the others
-                logger.warning("scoring %s failed: %s", name, exc)
-                out.errors[name] = (
-                    str(exc)
-                    if isinstance(exc, ValueError)
-                    else f"{type(exc).__name__}: {exc}"
+                model = model()
+            for case in cases:
+                if should_stop(stop):
+                    return Scored(stopped=True)
+                emit(
+                    on_progress,
+                    Progress(
+                        "predict",
+                        done,
+                        total,
+                        message=f"{name} on case {case.id}",
+                    ),
                 )
-                done = (list(models).index(name) + 1) * len(cases)
-        baseline = AllBackground()
-        out.reports[ALL_BACKGROUND] = metrics.evaluate(
-            cases, [baseline.predict_proba(c) for c in cases]
-        )
+                maps[case.id], took = predict(name, model, case)
+                seconds += took
+                done += 1
+            out.reports[name] = metrics.evaluate(
+                cases, maps, threshold=model.threshold, quiet=True
+            )
+            out.seconds[name] = seconds / max(len(cases), 1)
+        except Exception as exc:  # one broken model must not hide the others
+            logger.warning("scoring %s failed: %s", name, exc)
+            out.errors[name] = (
+                str(exc)
+                if isinstance(exc, ValueError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            done = (list(models).index(name) + 1) * len(cases)
+    baseline = AllBackground()
+    out.reports[ALL_BACKGROUND] = metrics.evaluate(
+        cases, [baseline.predict_proba(c) for c in cases], quiet=True
+    )
     emit(on_progress, Progress("done", total, total, message="scored"))
     return out
 

@@ -19,7 +19,6 @@ import io
 import os
 import re
 import unicodedata
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage as ndi
 
 from vessel_core.cases import Case
+from vessel_core.progress import warn
 
 Source = str | os.PathLike | bytes | bytearray | memoryview
 
@@ -251,7 +251,7 @@ def read_image(source: Source, name: str | None = None) -> NDArray[np.uint8]:
     pil, label, fmt, wide_colour = _open(source, name)
     with pil:
         if getattr(pil, "n_frames", 1) > 1:
-            warnings.warn(
+            warn(
                 f"{label!r} holds {pil.n_frames} frames; only the first is read",
                 stacklevel=2,
             )
@@ -261,7 +261,7 @@ def read_image(source: Source, name: str | None = None) -> NDArray[np.uint8]:
             wide = _decode_16bit_colour(wide_colour, pil.size)
             if wide is not None:
                 return _rescale_by_range(wide)
-            warnings.warn(
+            warn(
                 f"{label!r} is a 16-bit colour {fmt} that OpenCV could not read; "
                 "Pillow reduced it to its top 8 bits (a fixed range), so a dark "
                 "image stays dark",
@@ -739,7 +739,7 @@ def estimate_fov(image: NDArray, *, erosion: int | None = None) -> NDArray[np.bo
 
     labels, n = ndi.label(fov)
     if n == 0:
-        warnings.warn(
+        warn(
             f"no field of view found: the image is darker than {level:.0f} everywhere",
             stacklevel=2,
         )
@@ -1202,7 +1202,7 @@ def _build(
             f"{source_name(c.sources['image'])} ({c.shape[1]}x{c.shape[0]})"
             for c in small[:5]
         ) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
-        warnings.warn(
+        warn(
             f"{len(small)} image(s) smaller than {SMALL_IMAGE} pixels a side, far "
             f"smaller than a fundus photograph (DRIVE's are 565x584): {named}; kept, "
             "but the ResNet needs 32 pixels a side, and so few pixels say little "
@@ -1320,7 +1320,7 @@ def _build_case(
 
     # Only a second observer: it is the vessel mask (with a warning).
     if chosen["vessel_mask"] is None and chosen["second_observer"] is not None:
-        warnings.warn(
+        warn(
             f"case {image_named.case_id!r}: no first observer's mask, using "
             f"{chosen['second_observer'].shown!r} as the vessel mask",
             stacklevel=5,  # _build_case, _build, _discover_entries, discover
@@ -1363,7 +1363,7 @@ def _build_case(
 
     fov = masks.get("fov_mask")
     if fov is not None and not fov.any():
-        warnings.warn(
+        warn(
             f"FOV mask {chosen['fov_mask'].shown!r} is empty (no pixel inside the "
             "field of view): it was ignored and the FOV estimated from the image",
             stacklevel=5,  # _build_case, _build, _discover_entries, discover
@@ -1376,7 +1376,7 @@ def _build_case(
         if role in masks:
             message = _vessel_mask_warning(masks[role], fov, chosen[role].shown)
             if message:
-                warnings.warn(message, stacklevel=5)  # as above
+                warn(message, stacklevel=5)  # as above
     vessel = masks.get("vessel_mask")
 
     split = image_named.split or "train"

@@ -18,14 +18,13 @@ import re
 import threading
 import time
 import uuid
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from vessel_core.cases import Case
-from vessel_core.progress import Progress, StopFlag
+from vessel_core.progress import Progress, StopFlag, kept_warnings
 from vessel_core.store import DEFAULT_MODELS_DIR, model_class, save_model
 
 logger = logging.getLogger(__name__)
@@ -35,27 +34,6 @@ STOPPED, FAILED = "stopped", "failed"
 FINISHED = (DONE, STOPPED, FAILED)
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-#: Thread id -> the warnings list of the job running in that thread.
-_WARNED: dict[int, list[str]] = {}
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """`warnings.showwarning` that also gives a job's thread its own warnings."""
-    bucket = _WARNED.get(threading.get_ident())
-    if bucket is not None:
-        text = str(message)
-        if text not in bucket:
-            bucket.append(text)
-    _show_warning.passed_to(message, category, filename, lineno, file, line)
-
-
-def _listen_for_warnings() -> None:
-    """Put `_show_warning` in front of whatever shows warnings now (once)."""
-    if warnings.showwarning is not _show_warning:
-        _show_warning.passed_to = warnings.showwarning
-        warnings.showwarning = _show_warning
 
 
 def default_max_running() -> int:
@@ -118,7 +96,8 @@ class Job:
     notice : str
         Something the user should know (the name was taken, saving failed...).
     warnings : list of str
-        The warnings the fit raised (each once), e.g. cases left out.
+        The warnings the fit gave (`vessel_core.progress.warn`, each once), e.g.
+        cases left out.
     model : model or None
         The fitted model once the job is done or stopped after fitting something.
     saved_path : Path or None
@@ -424,12 +403,10 @@ class JobManager:
                 job.thread.start()
 
     def _run(self, job: Job) -> None:
-        _listen_for_warnings()
-        _WARNED[threading.get_ident()] = job.warnings
         try:
-            self._fit(job)
+            with kept_warnings(into=job.warnings):  # the fit's own, shown with it
+                self._fit(job)
         finally:
-            _WARNED.pop(threading.get_ident(), None)
             job.finished = time.time()
             job.cases, job.selection = [], None  # the images are the session's
             with self._lock:

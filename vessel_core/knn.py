@@ -46,7 +46,6 @@ import logging
 import math
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +68,7 @@ from vessel_core.cases import (
     image_fingerprints,
     one_class_error,
 )
-from vessel_core.progress import Progress, emit, should_stop
+from vessel_core.progress import Progress, emit, should_stop, silence, warn
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         self.screen_stats_ = {"coverage": 0.0, "label_error": 0.0, "n_calibration": 0}
         if self.search == "screened":
             if len(self.classes_) != 2:
-                warnings.warn(
+                warn(
                     f"KNNClassifier: the screened search needs two classes, got "
                     f"{len(self.classes_)}; searching exactly",
                     stacklevel=2,
@@ -236,7 +235,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
                 "groups_screen is needed when X_screen and groups are given"
             )
         if len(X_screen) < 100:
-            warnings.warn(
+            warn(
                 f"KNNClassifier: {len(X_screen)} calibration rows are too few to "
                 "screen; searching exactly",
                 stacklevel=3,
@@ -254,11 +253,10 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
             max_iter=200,
             random_state=self.random_state,
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # ConvergenceWarning: early stopping suffices
-            net.fit(X_screen[fit_rows], votes[fit_rows])
+        from sklearn.exceptions import ConvergenceWarning
+
+        silence(ConvergenceWarning, module=r"sklearn\.")  # early stopping suffices
+        net.fit(X_screen[fit_rows], votes[fit_rows])
         self._w1 = net.coefs_[0].astype(np.float32)
         self._b1 = net.intercepts_[0].astype(np.float32)
         self._w2 = net.coefs_[1][:, 0].astype(np.float32)
@@ -876,7 +874,7 @@ class KNNModel:
             k = int(s["n_neighbors"])
         elif len(cases) < 2:
             k = s["k_max"] | 1
-            warnings.warn(
+            warn(
                 f"KNNModel: one training case cannot be cross-validated; using k={k}",
                 stacklevel=2,
             )

@@ -36,7 +36,6 @@ confusion table is empty (scikit-learn returns 0 there).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from vessel_core.cases import Case
+from vessel_core.progress import warn
 
 #: The keys of `score`'s result, in order: counts first, then rates, then areas.
 COUNT_KEYS = ("tp", "fp", "tn", "fn")
@@ -321,7 +321,10 @@ def _why_undefined(tp: int, fp: int, tn: int, fn: int) -> str:
     return "; ".join(reasons)
 
 
-def _figures(lv: _Levels, threshold: float, what: str, stacklevel: int) -> dict:
+def _figures(
+    lv: _Levels, threshold: float, what: str, stacklevel: int, notes=None
+) -> dict:
+    """Every figure of ``lv``; undefined ones warn, or join ``notes`` if given."""
     counts = lv.confusion(threshold)
     result: dict[str, Any] = dict(counts)
     result.update(_rates(**counts))
@@ -329,12 +332,14 @@ def _figures(lv: _Levels, threshold: float, what: str, stacklevel: int) -> dict:
     result["auc_pr"] = _average_precision(lv)
     undefined = [k for k in RATE_KEYS + AREA_KEYS if math.isnan(result[k])]
     if undefined:
-        warnings.warn(
+        text = (
             f"{what}: {', '.join(undefined)} undefined ({_why_undefined(**counts)}); "
-            "set to NaN",
-            UndefinedMetricWarning,
-            stacklevel=stacklevel + 1,
+            "set to NaN"
         )
+        if notes is not None:
+            notes.append(text)
+        else:
+            warn(text, UndefinedMetricWarning, stacklevel=stacklevel + 1)
     return result
 
 
@@ -380,6 +385,7 @@ def score(
     y_pred: ArrayLike,
     fov: ArrayLike | None = None,
     threshold: float = 0.5,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Every figure of a prediction against a vessel mask, inside the FOV.
 
@@ -393,6 +399,10 @@ def score(
         FOV mask; all pixels count when None.
     threshold : float, default=0.5
         A pixel is called a vessel when its probability is ``>= threshold``.
+    quiet : bool, default=False
+        No `UndefinedMetricWarning` for undefined figures (they are NaN all the
+        same). Threads use it instead of `warnings.catch_warnings`, which is
+        process-wide: two threads leaving it in turn can leave warnings off.
 
     Returns
     -------
@@ -409,7 +419,8 @@ def score(
     """
     threshold = _check_threshold(threshold)
     truth, pred = _inside_fov(y_true, y_pred, fov)
-    return _figures(_levels(truth, pred), threshold, "score", stacklevel=2)
+    notes = [] if quiet else None
+    return _figures(_levels(truth, pred), threshold, "score", 2, notes)
 
 
 def _pooled_levels(y_true, y_pred, fov) -> _Levels:
@@ -444,7 +455,7 @@ def _downsample(x: NDArray, y: NDArray, max_points: int) -> NDArray[np.intp]:
 def _curve_warning(name: str, lv: _Levels, stacklevel: int) -> None:
     if lv.n_pos == 0 or lv.n_neg == 0:
         which = "vessel" if lv.n_pos == 0 else "background"
-        warnings.warn(
+        warn(
             f"{name}: the vessel mask has no {which} pixel inside the FOV; the "
             "curve's undefined axis is NaN",
             UndefinedMetricWarning,
@@ -611,6 +622,7 @@ def evaluate(
     prob_maps: Sequence[ArrayLike] | Mapping[str, ArrayLike],
     threshold: float = 0.5,
     extra: Mapping[str, Any] | None = None,
+    quiet: bool = False,
 ) -> Report:
     """Score probability maps against the cases' vessel masks, inside their FOVs.
 
@@ -624,6 +636,9 @@ def evaluate(
     threshold : float, default=0.5
     extra : mapping, optional
         Stored in `Report.extra` (e.g. ``{"seconds_per_image": 0.8}``).
+    quiet : bool, default=False
+        Undefined pooled figures become a note too, without the warning (see
+        `score`).
 
     Returns
     -------
@@ -659,10 +674,7 @@ def evaluate(
                 f"mask {case.vessel_mask.shape}; they must be the same size"
             )
         lv = _levels(*_inside_fov(case.vessel_mask, prob, case.fov_mask))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UndefinedMetricWarning)
-            figures = _figures(lv, threshold, f"case {case.id}", stacklevel=1)
-        notes.extend(str(w.message) for w in caught)
+        figures = _figures(lv, threshold, f"case {case.id}", 1, notes)
         rows.append({"id": case.id, **figures})
         levels.append(lv)
 
@@ -679,7 +691,9 @@ def evaluate(
 
     pooled_lv = _merge(levels)
     if rows:
-        pooled = _figures(pooled_lv, threshold, "pooled figures", stacklevel=2)
+        pooled = _figures(
+            pooled_lv, threshold, "pooled figures", 2, notes if quiet else None
+        )
     else:
         notes.append("no case could be scored")
         pooled = {
@@ -694,6 +708,7 @@ def best_threshold(
     y_prob_list: Sequence[ArrayLike],
     fov_list: Sequence[ArrayLike | None] | None = None,
     metric: str = "f1",
+    quiet: bool = False,
 ) -> float:
     """The threshold that maximises a pooled figure over several probability maps.
 
@@ -707,6 +722,8 @@ def best_threshold(
         FOV masks; None (or a None entry) counts every pixel.
     metric : {"f1", "iou", "accuracy", "balanced_accuracy", "g_mean", "mcc"}
         Figure to maximise, over all FOV pixels of all maps pooled.
+    quiet : bool, default=False
+        No warning when the masks hold one class only (see `score`).
 
     Returns
     -------
@@ -748,12 +765,13 @@ def best_threshold(
         pos += vessel
         neg += total - vessel
     if pos.sum() == 0 or neg.sum() == 0:
-        warnings.warn(
-            "best_threshold: the vessel masks hold only one class inside the FOVs; "
-            "returning 0.5",
-            UndefinedMetricWarning,
-            stacklevel=2,
-        )
+        if not quiet:
+            warn(
+                "best_threshold: the vessel masks hold only one class inside the "
+                "FOVs; returning 0.5",
+                UndefinedMetricWarning,
+                stacklevel=2,
+            )
         return 0.5
 
     # counts at each threshold: called vessel = level index >= i

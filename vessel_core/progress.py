@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 ProgressCallback = Callable[["Progress"], None]
@@ -64,3 +66,59 @@ class StopFlag(threading.Event):
 
 def should_stop(stop: threading.Event | None) -> bool:
     return stop is not None and stop.is_set()
+
+
+# ---------------------------------------------------------------------------
+# Warnings kept per thread
+#
+# `warnings.catch_warnings` swaps process-wide state and puts back what it found,
+# so two threads that enter and leave it out of turn leave it wrong: warnings
+# filtered out, or recorded into a list nobody reads, for good. The app runs fits,
+# loads and scoring in threads, so the package never uses it there: it warns with
+# `warn`, and whoever shows a thread's warnings (a job, the Data page) opens
+# `kept_warnings` in that thread, which changes nothing outside it.
+
+_KEPT = threading.local()
+
+
+def warn(
+    message: str | Warning, category: type[Warning] = UserWarning, stacklevel: int = 1
+) -> None:
+    """`warnings.warn`, and the message kept by each `kept_warnings` open in this
+    thread (whatever the warning filters say)."""
+    for kept in getattr(_KEPT, "lists", ()):
+        text = str(message)
+        if text not in kept:
+            kept.append(text)
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
+
+
+@contextmanager
+def kept_warnings(into: list[str] | None = None) -> Iterator[list[str]]:
+    """The messages `warn` gives in this thread while open, each once.
+
+    Parameters
+    ----------
+    into : list of str, optional
+        The list to append to (a job's, read by a page while the fit runs);
+        a new one by default.
+    """
+    kept = [] if into is None else into
+    lists = _KEPT.__dict__.setdefault("lists", [])
+    lists.append(kept)
+    try:
+        yield kept
+    finally:
+        lists.remove(kept)
+
+
+def silence(
+    category: type[Warning] = Warning, module: str = "", message: str = ""
+) -> None:
+    """Turn off, for good, the warnings of another library that this package
+    has no use for (a filter added once, never put back: safe across threads).
+
+    ``module`` and ``message`` are regular expressions, as in
+    `warnings.filterwarnings`.
+    """
+    warnings.filterwarnings("ignore", message, category, module)

@@ -15,7 +15,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vessel_core.cases import Case, fingerprint_cases, fit_cases, image_fingerprints
-from vessel_core.progress import Progress, emit
+from vessel_core.progress import Progress, emit, warn
 
 logger = logging.getLogger(__name__)
 
@@ -595,7 +594,7 @@ class ResNetUNet:
             )
         theirs_input = known.get("input", self.settings["input"])
         if theirs_input != self.settings["input"]:
-            warnings.warn(
+            warn(
                 f"init from: {folder} learned from input {theirs_input!r}, this fit "
                 f"uses input {self.settings['input']!r}: it starts from features "
                 "made for another input",
@@ -617,7 +616,7 @@ class ResNetUNet:
             c.id for c, f in zip(val, image_fingerprints(val), strict=True) if f in seen
         ]
         if flattered:
-            warnings.warn(
+            warn(
                 f"init from: {folder} was trained on held-out case(s) "
                 f"{', '.join(flattered)}: their scores, the kept epoch and the "
                 "threshold will flatter this fit",
@@ -661,7 +660,7 @@ class ResNetUNet:
         if len(cases) > 1:
             n_val = max(n_val, min(1, self.settings["val_cases"]))
         if n_val < self.settings["val_cases"]:
-            warnings.warn(
+            warn(
                 f"val_cases={self.settings['val_cases']} but only {len(cases)} "
                 f"case(s) with a vessel mask; holding out {n_val}, training on "
                 f"{len(cases) - n_val}",
@@ -772,7 +771,7 @@ class ResNetUNet:
                 net, device, val, state.best_maps, extra
             )
         elif extra and not val and not hurry:
-            warnings.warn(
+            warn(
                 f"no held-out cases: the threshold is picked on {len(extra)} "
                 "training case(s), which the network learned from",
                 stacklevel=3,
@@ -842,13 +841,15 @@ class ResNetUNet:
             self.settings["tile_overlap"],
         )
         cases = list(val) + list(extra)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-            threshold = metrics.best_threshold(
-                [c.vessel_mask for c in cases],
-                list(val_maps) + list(extra_maps),
-                [c.fov_mask for c in cases],
-            )
+        threshold = metrics.best_threshold(
+            [c.vessel_mask for c in cases],
+            list(val_maps) + list(extra_maps),
+            [c.fov_mask for c in cases],
+            quiet=True,
+        )
+        if not val:  # no held-out case has said whether it learned anything
+            pooled = metrics.evaluate(extra, extra_maps, threshold, quiet=True).pooled
+            _warn_if_unlearned({**pooled, "threshold": threshold}, "the training cases")
         alone = f" (held-out alone: {self.threshold:.3f})" if val else ""
         logger.info(
             "threshold %.3f on %d held-out + %d training cases%s",
@@ -949,7 +950,7 @@ class ResNetUNet:
         device = next(self.net.parameters()).device
         if self.settings["precision"] == "int8" and device.type == "cpu":
             if self._int8_ranges is None:
-                warnings.warn(
+                warn(
                     "precision='int8' but this model holds no calibrated int8 ranges "
                     "(call calibrate_int8 with a few cases); predicting in float32",
                     stacklevel=3,
@@ -963,7 +964,7 @@ class ResNetUNet:
                     )
                     return self._fast_net
                 except (RuntimeError, ValueError, NotImplementedError) as exc:
-                    warnings.warn(
+                    warn(
                         f"int8 prediction is not available here ({exc}); "
                         "predicting in float32",
                         stacklevel=3,
@@ -1038,7 +1039,7 @@ class ResNetUNet:
             return q.observer_state(observed)
         except (RuntimeError, ValueError, NotImplementedError) as exc:
             # int8 is an option of prediction; training has succeeded regardless
-            warnings.warn(
+            warn(
                 f"int8 calibration failed ({exc}); int8 prediction is off", stacklevel=3
             )
             return None
@@ -1137,12 +1138,14 @@ _COPIES: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
 UNLEARNED_AUC = 0.7
 
 
-def _warn_if_unlearned(scores: dict[str, float]) -> None:
-    """Warn when the held-out cases say the kept weights tell nothing apart."""
+def _warn_if_unlearned(
+    scores: dict[str, float], who: str = "the held-out cases"
+) -> None:
+    """Warn when ``who`` say the kept weights tell nothing apart."""
     auc = scores.get("auc_roc", math.nan)
     if not auc >= UNLEARNED_AUC:  # NaN too: one class only in its maps
-        warnings.warn(
-            f"the held-out cases score AUC {auc:.2f} (threshold "
+        warn(
+            f"{who} score AUC {auc:.2f} (threshold "
             f"{scores.get('threshold', math.nan):.3f}): this model has barely "
             "learned to tell vessels from background; train longer (more epochs or "
             "crops) before using it",
