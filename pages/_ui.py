@@ -404,7 +404,8 @@ def allowed_folder(text: str, root: Path) -> Path:
     if not path.is_relative_to(root):
         raise ValueError(
             f"{text!r} is outside the data folder {root}; only folders under it "
-            "can be opened"
+            "can be opened (start the app with VESSEL_DATA_DIR set to another "
+            "data folder to open folders there)"
         )
     if not path.exists():
         raise ValueError(f"{path} does not exist")

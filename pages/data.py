@@ -144,7 +144,15 @@ else:
             "machine. Set VESSEL_DATA_DIR to a data folder to allow it."
         )
     else:
-        st.caption(f"Folders and ZIP files under `{root}` can be opened.")
+        if root.is_dir():
+            st.caption(f"Folders and ZIP files under `{root}` can be opened.")
+        else:
+            st.warning(
+                f"The data folder `{root}` does not exist on the server, so no "
+                "folder can be opened yet. Start the app with VESSEL_DATA_DIR set "
+                "to the folder that holds your datasets (`VESSEL_DATA_DIR=/path/to/"
+                "data make run`), or upload the files instead."
+            )
         folder = st.text_input(
             "Folder or ZIP (relative to the data folder or the project folder)",
             "DRIVE",

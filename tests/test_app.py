@@ -216,6 +216,15 @@ def test_data_page_names_a_bad_file_and_keeps_what_was_loaded(sample):
     assert len(at.session_state["cases"]) == 5
 
 
+def test_data_page_says_when_the_data_folder_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("VESSEL_DATA_DIR", str(tmp_path / "nowhere"))
+    at = app("pages/data.py")
+    at.radio(key="data_source").set_value("Folder on the server").run()
+    warned = as_drawn(at.warning)
+    assert f"The data folder `{tmp_path / 'nowhere'}` does not exist" in warned
+    assert "VESSEL_DATA_DIR=/path/to/data make run" in warned
+
+
 def test_data_page_opens_a_server_folder_only_under_the_data_folder(
     drive_root, tmp_path, monkeypatch
 ):
