@@ -111,8 +111,8 @@ def _training_pixels(kind: str, defaults: dict, n_cases: int, strategy: str) -> 
     held = ", ".join(f"{name} {p['val_cases']}" for name, p in PRESETS.items())
     return (
         f"centres part of its crops on the pixels kept by {chosen}, and holds "
-        f"*val cases* of them out (from the preset: {held}) to choose its epoch and "
-        "threshold"
+        f"*val cases* of them out (from the preset: {held}; at most half the "
+        "cases) to choose its epoch and threshold"
     )
 
 

@@ -306,12 +306,28 @@ def test_fit_fills_meta(trained, cases):
     json.dumps(meta)  # model.json must hold it
 
 
+def test_settings_that_cannot_work_are_refused_naming_the_setting():
+    for bad, says in (
+        ({"tile_size": 16}, "tile_size must be a multiple of 32"),
+        ({"tile_size": 100}, "tile_size must be a multiple of 32"),
+        ({"tile_size": 640, "tile_overlap": 700}, r"tile_overlap \(700\) must be"),
+        ({"max_minutes": -3}, r"max_minutes must be >= 0 \(0: no limit\)"),
+        ({"lr": -1e-3}, "lr must be a finite number >= 0"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            ResNetUNet(**bad)
+    assert ResNetUNet(tile_size=96, tile_overlap=48).settings["tile_size"] == 96
+
+
 def test_small_sets_hold_out_at_most_half_their_cases():
     few = [tiny_case(f"s{i}", seed=i) for i in range(5)]
     model = ResNetUNet(**{**TINY, "val_cases": 2})
     for n, held in ((5, 2), (4, 2), (3, 1), (2, 1), (1, 0)):
         if held < 2:
-            with pytest.warns(UserWarning, match=f"holding out {held}, training on"):
+            named = r" \(s\d\)" if held else ""
+            with pytest.warns(
+                UserWarning, match=f"holding out {held}{named}, training on {n - held}"
+            ):
                 train, val = model._split(few[:n])
         else:
             train, val = model._split(few[:n])
@@ -408,8 +424,9 @@ def test_init_from_starts_the_fit_at_a_saved_models_weights(trained, cases, tmp_
     # lr=0: the weights cannot move, so they must still be the saved model's
     settings = {**TINY, "epochs": 1, "crops_per_epoch": 4, "lr": 0.0}
     settings["num_threads"] = 1
-    tuned = ResNetUNet(**settings, init_from=str(folder)).fit(cases)
-    fresh = ResNetUNet(**settings, pretrained=False).fit(cases)
+    with pytest.warns(UserWarning, match="lr 0: the network's weights will not"):
+        tuned = ResNetUNet(**settings, init_from=str(folder)).fit(cases)
+        fresh = ResNetUNet(**settings, pretrained=False).fit(cases)
     start = dict(model.net.named_parameters())
     differ_from_random = 0
     for name, value in tuned.net.named_parameters():

@@ -659,17 +659,18 @@ class ResNetUNet:
         n_val = min(self.settings["val_cases"], len(cases) // 2)
         if len(cases) > 1:
             n_val = max(n_val, min(1, self.settings["val_cases"]))
-        if n_val < self.settings["val_cases"]:
-            warn(
-                f"val_cases={self.settings['val_cases']} but only {len(cases)} "
-                f"case(s) with a vessel mask; holding out {n_val}, training on "
-                f"{len(cases) - n_val}",
-                stacklevel=3,
-            )
         rng = np.random.default_rng(self.settings["seed"])
         held = set(rng.permutation(len(cases))[:n_val].tolist())
         train = [c for i, c in enumerate(cases) if i not in held]
         val = [c for i, c in enumerate(cases) if i in held]
+        if n_val < self.settings["val_cases"]:
+            names = f" ({', '.join(c.id for c in val)})" if val else ""
+            warn(
+                f"val cases {self.settings['val_cases']}, but only {len(cases)} "
+                f"case(s) with a vessel mask: holding out {n_val}{names}, training "
+                f"on {len(train)}",
+                stacklevel=3,
+            )
         return train, val
 
     def _identity(self, train: Sequence[Case], val: Sequence[Case]) -> dict:
@@ -1224,10 +1225,20 @@ def _resolve(settings: dict[str, Any]) -> dict[str, Any]:
         if out[key] not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {out[key]!r}")
 
-    positive = ("crop_size", "batch_size", "epochs", "crops_per_epoch", "tile_size")
+    positive = ("crop_size", "batch_size", "epochs", "crops_per_epoch")
     for key in positive:
         if out[key] < 1:
             raise ValueError(f"{key} must be at least 1, got {out[key]!r}")
+    if out["tile_size"] < 64 or out["tile_size"] % 32:
+        raise ValueError(
+            "tile_size must be a multiple of 32 (the encoder's stride), at least "
+            f"64, got {out['tile_size']!r}"
+        )
+    if out["tile_overlap"] > out["tile_size"] // 2:
+        raise ValueError(
+            f"tile_overlap ({out['tile_overlap']}) must be at most half of "
+            f"tile_size ({out['tile_size']})"
+        )
     if out["crop_size"] % 32:
         raise ValueError(
             f"crop_size must be a multiple of 32 (the encoder's stride), got "
@@ -1245,6 +1256,8 @@ def _resolve(settings: dict[str, Any]) -> dict[str, Any]:
     for key in ("lr", "weight_decay", "rotation", "jitter", "dice_weight"):
         if out[key] < 0 or not math.isfinite(out[key]):
             raise ValueError(f"{key} must be a finite number >= 0, got {out[key]!r}")
+    if out["lr"] == 0:
+        warn("lr 0: the network's weights will not change; it learns nothing")
     for key in (
         "val_cases",
         "threshold_train_cases",
@@ -1259,8 +1272,12 @@ def _resolve(settings: dict[str, Any]) -> dict[str, Any]:
             f"loader_workers must be -1 (automatic) or >= 0, got "
             f"{out['loader_workers']!r}"
         )
-    if out["max_minutes"] is not None and out["max_minutes"] <= 0:
-        out["max_minutes"] = 0.0
+    if out["max_minutes"] is not None and (
+        out["max_minutes"] < 0 or not math.isfinite(out["max_minutes"])
+    ):
+        raise ValueError(
+            f"max_minutes must be >= 0 (0: no limit), got {out['max_minutes']!r}"
+        )
     if out["init_from"] in ("", None):
         out["init_from"] = None
     else:
