@@ -138,11 +138,25 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = dict(_parse_setting(text) for text in args.set)
     source = settings.get("checkpoint_dir")
-    if args.snapshot:  # checked before the data is read
+    # settings, the start model and the checkpoint are checked before the data is read
+    try:
+        ResNetUNet(preset=args.preset, **settings).check_start()
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if args.snapshot:
         _check_snapshot(source)
-    found = io.discover(args.data or drive_dir())
+    try:
+        found = io.discover(args.data or drive_dir())
+    except io.LoadError as exc:
+        raise SystemExit(f"error: {exc} (give the DRIVE folder with --data)") from None
     train = with_masks(split_cases(found.cases, "train"))
     test = with_masks(split_cases(found.cases, "test"))
+    if not train or not test:
+        raise SystemExit(
+            f"error: {_data_dir(args)} holds {len(train)} training and {len(test)} "
+            "test case(s) with a vessel mask; both are needed (DRIVE's layout: "
+            "training/ and test/)"
+        )
     logger.info(
         "%d training and %d test cases; settings %s", len(train), len(test), settings
     )
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         if not args.snapshot:
-            raise
+            raise SystemExit(f"error: {exc}") from None
         raise SystemExit(
             f"--snapshot: {exc} (the preset and --set values must be the run's "
             "own); nothing was scored or saved"
@@ -171,11 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures['threshold']:.3f}, predict "
         f"{figures['predict_seconds_per_image']:.2f} s/image"
     )
-    print("DRIVE test (20 cases, inside the FOV)")
+    print(f"DRIVE test ({len(test)} cases, inside the FOV)")
     print(f"{'':8s}" + "".join(f"{k:>13s}" for k in TABLE_KEYS))
     for row in ("mean", "pooled"):
         print(f"{row:8s}" + "".join(f"{figures[row][k]:13.4f}" for k in TABLE_KEYS))
     return 0
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    """The data folder this run reads."""
+    return args.data or drive_dir()
 
 
 def _check_snapshot(folder: str | None) -> None:

@@ -99,3 +99,17 @@ def test_a_snapshot_needs_a_checkpoint(tmp_path):
         main(["--data", str(tmp_path / "DRIVE"), "--average", str(tmp_path)])
     with pytest.raises(SystemExit, match="no such file: .*epoch-7.pt"):
         main([*base, "--average", str(tmp_path / "epoch-7.pt")])
+
+
+def test_bad_settings_and_data_end_in_one_line_naming_the_problem(tmp_path):
+    main = bench_main()
+    write_drive_like(tmp_path / "DRIVE")
+    base = ["--data", str(tmp_path / "DRIVE")]
+    with pytest.raises(SystemExit, match="^error: epochs must be a number, got 'abc'"):
+        main([*base, "--set", "epochs=abc"])
+    with pytest.raises(SystemExit, match=r"^error: .*nowhere: no such folder$"):
+        main([*base, "--set", f"init_from={tmp_path / 'nowhere'}"])
+    with pytest.raises(SystemExit, match="no such folder or file .*give the DRIVE"):
+        main(["--data", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="holds 3 training and 0 test case"):
+        main(["--data", str(tmp_path / "DRIVE" / "training")])
