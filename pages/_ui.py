@@ -534,30 +534,41 @@ def model_refs(variants: bool = False) -> list[ModelRef]:
 
 
 def default_models(refs: Sequence[ModelRef], most: int = 4) -> list[str]:
-    """The labels a comparison starts with: the first model of each kind (this
-    session's first), the models the project ships, then the next ones in order,
-    ``most`` in all; no variant.
+    """The labels a comparison starts with, ``most`` in all, no variant, in the
+    order listed: one model of each kind, the models the project ships, then
+    the others; this session's newest fits first at each step.
 
     So neither a kind nor the shipped reference drops out behind a session's
-    fits.
+    fits, and the model just trained is in.
     """
     plain = [r for r in refs if not r.prediction]
+    preferred = _newest_first(plain)
     kinds: dict[str, ModelRef] = {}
-    for ref in plain:
+    for ref in preferred:
         kinds.setdefault(ref.kind, ref)
     shipped = [r for r in plain if is_shipped(r)]
     first = list(dict.fromkeys([*kinds.values(), *shipped]))[:most]
-    chosen = first + [r for r in plain if r not in first][: most - len(first)]
+    chosen = first + [r for r in preferred if r not in first][: most - len(first)]
     return [r.label for r in plain if r in chosen]
 
 
 def first_model(refs: Sequence[ModelRef]) -> str:
-    """The label a one-model picker starts with: this session's first model, else
-    a shipped one, else the first listed."""
+    """The label a one-model picker starts with: this session's newest model,
+    else a shipped one, else the first listed."""
     plain = [r for r in refs if not r.prediction] or list(refs)
-    own = [r for r in plain if r.origin != "saved"]
     shipped = [r for r in plain if is_shipped(r)]
+    own = _newest_first(plain)[: len(plain) - len(_saved(plain))]
     return (own or shipped or plain)[0].label
+
+
+def _saved(refs: Sequence[ModelRef]) -> list[ModelRef]:
+    return [r for r in refs if r.origin == "saved"]
+
+
+def _newest_first(refs: Sequence[ModelRef]) -> list[ModelRef]:
+    """This session's models, newest first (`model_refs` lists them oldest
+    first), then the saved ones as listed."""
+    return [r for r in refs if r.origin != "saved"][::-1] + _saved(refs)
 
 
 def is_shipped(ref: ModelRef) -> bool:

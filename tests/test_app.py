@@ -412,6 +412,19 @@ def test_a_comparison_starts_with_one_model_of_each_kind_first():
     assert _ui.first_model([scratch, shipped, mine]) == "mine (knn, this session only)"
     assert _ui.first_model([scratch]) == "B-scratch (resnet34)"
 
+    # this session's newest fits come first: the model just trained is in
+    def own(name, kind):
+        return _ui.ModelRef(f"job:{name}", name, kind, "saved this session", None)
+
+    session = [own(f"rn-{i}", "resnet34") for i in range(4)] + [own("knn-1", "knn")]
+    assert _ui.default_models([*session, shipped]) == [
+        "rn-2 (resnet34, saved this session)",
+        "rn-3 (resnet34, saved this session)",
+        "knn-1 (knn, saved this session)",
+        "resnet34-full (resnet34)",
+    ]
+    assert _ui.first_model([*session, shipped]) == "knn-1 (knn, saved this session)"
+
 
 def test_train_page_fits_the_classic_baseline(sample, models_dir):
     at = app("pages/train.py", cases=sample, dataset="built-in sample")
