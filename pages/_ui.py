@@ -501,14 +501,15 @@ def model_refs(variants: bool = False) -> list[ModelRef]:
     for job in my_jobs():
         if not job.finished_ok:
             continue
-        if job.saved_path is not None:
-            mine.add(job.saved_path.resolve())
-            key = _folder_key(job.saved_path)
+        saved = job.saved_path if job.saved_path and job.saved_path.is_dir() else None
+        if saved is not None:
+            mine.add(saved.resolve())
+            key = _folder_key(saved)
             name = job.saved_name
-        else:
+        else:  # never saved, or its folder deleted since: the model in memory
             key, name = f"job:{job.id}", job.name
-        origin = "saved this session" if job.saved_path else "this session only"
-        refs.append(ModelRef(key, name, job.kind, origin, job.saved_path, job.id))
+        origin = "saved this session" if saved else "this session only"
+        refs.append(ModelRef(key, name, job.kind, origin, saved, job.id))
         own[key] = getattr(job.model, "settings", {})
     for entry in store.list_models(models_dir()):
         if entry.path.resolve() in mine:
@@ -799,7 +800,40 @@ def sidebar() -> None:
             st.markdown("\n".join(f"- {r.name} *({r.kind}, {r.origin})*" for r in refs))
         else:
             st.markdown("None yet.")
+        _delete_models(refs)
         _job_status()
+
+
+def _delete_models(refs: Sequence[ModelRef]) -> None:
+    """Sidebar: delete saved models (every session sees the same folder)."""
+    saved = [r for r in refs if r.path is not None and not is_shipped(r)]
+    if not saved:
+        return
+    with st.expander("Delete saved models"):
+        st.caption(
+            f"Saved models live in `{models_dir()}`, shared by everyone using this "
+            "server. Deleting one removes its folder for good."
+        )
+        chosen = st.multiselect(
+            "Models to delete",
+            [r.label for r in saved],
+            key="delete_models",
+        )
+        sure = st.checkbox("Yes, delete them for good", key="delete_sure")
+        if st.button("Delete", key="delete_go", disabled=not (chosen and sure)):
+            by_label = {r.label: r for r in saved}
+            failed = []
+            for label in chosen:
+                try:
+                    store.delete_model(by_label[label].path)
+                except (OSError, ValueError) as exc:
+                    failed.append(f"{label}: {exc}")
+            for key in ("delete_models", "delete_sure"):
+                st.session_state.pop(key, None)
+            if failed:
+                st.error(plain("Not deleted: " + "; ".join(failed)))
+            else:
+                st.rerun()
 
 
 def status_line(event) -> str:

@@ -126,6 +126,46 @@ def sample_models(sample, tmp_path_factory):
     return folder
 
 
+def _sidebar_deleter():
+    """The sidebar's model deleter alone (AppTest draws the sidebar on a first
+    run only)."""
+    import streamlit as st
+
+    from pages import _ui
+
+    _ui._delete_models(_ui.model_refs())
+    st.markdown("\n".join(r.name for r in _ui.model_refs()))
+
+
+def test_the_sidebar_deletes_saved_models_but_not_the_shipped_one(
+    sample, models_dir, monkeypatch
+):
+    from vessel_core.classic import ClassicFilters
+
+    train = split_cases(sample, "train")
+    for name in ("old-a", "old-b"):
+        model = ClassicFilters(pixels_per_case=500).fit(train)
+        store.save_model(model, models_dir / name)
+    at = AppTest.from_function(_sidebar_deleter, default_timeout=RUN_TIMEOUT).run()
+    assert not at.exception, at.exception
+    chooser = at.multiselect(key="delete_models")
+    assert chooser.options == ["old-a (classic)", "old-b (classic)"]
+    chooser.set_value(["old-a (classic)"]).run()
+    assert at.button(key="delete_go").disabled  # not confirmed yet
+    at.checkbox(key="delete_sure").check().run()
+    at.button(key="delete_go").click().run()
+    assert not at.error, as_drawn(at.error)
+    assert sorted(p.name for p in models_dir.iterdir()) == ["old-b"]
+    assert "old-a" not in texts(at.markdown)
+    assert at.multiselect(key="delete_models").options == ["old-b (classic)"]
+    # in the project's own folder, the shipped model is never offered
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(store.DEFAULT_MODELS_DIR))
+    at = AppTest.from_function(_sidebar_deleter, default_timeout=RUN_TIMEOUT).run()
+    assert "resnet34-full" in texts(at.markdown)
+    offered = at.multiselect(key="delete_models").options if at.multiselect else []
+    assert not [o for o in offered if o.startswith("resnet34-full")]
+
+
 def test_home_says_what_to_do_and_the_sidebar_shows_the_data(sample):
     at = app()
     assert "Retinal vessel extraction" in texts(at.title)

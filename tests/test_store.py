@@ -51,6 +51,29 @@ def _tiny_kind():
     store._KINDS.pop("tiny", None)
 
 
+def test_delete_model_removes_a_model_folder_whole_and_refuses_the_rest(tmp_path):
+    keep = store.save_model(TinyModel([1.0]), tmp_path / "keep")
+    gone = store.save_model(TinyModel([2.0]), tmp_path / "gone")
+    store.delete_model(gone)
+    assert not gone.exists()
+    assert [e.name for e in store.list_models(tmp_path)] == ["keep"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]  # no leftover
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("mine")
+    for folder in (tmp_path / "plain", tmp_path / "nowhere"):
+        with pytest.raises(store.ModelFolderError, match="not a saved model folder"):
+            store.delete_model(folder)
+    (tmp_path / "link").symlink_to(keep)
+    with pytest.raises(store.ModelFolderError, match="not a saved model folder"):
+        store.delete_model(tmp_path / "link")
+    assert (tmp_path / "plain" / "notes.txt").exists() and keep.is_dir()
+    # the shipped model stays, read-only to the app
+    shipped = store.DEFAULT_MODELS_DIR / "resnet34-full"
+    with pytest.raises(store.ModelFolderError, match="the project ships this model"):
+        store.delete_model(shipped)
+    assert (shipped / "model.json").is_file()
+
+
 def test_round_trip_and_listing(tmp_path):
     folder = store.save_model(TinyModel([3.0, 4.0]), tmp_path / "m1")
     meta = json.loads((folder / "model.json").read_text())

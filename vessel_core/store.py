@@ -438,6 +438,28 @@ def _swap_in(tmp: Path, folder: Path) -> None:
     raise ModelExistsError(folder, "the folder kept changing while saving")
 
 
+def delete_model(folder: str | Path) -> None:
+    """Delete a saved model folder, whole or not at all.
+
+    Refused (ValueError naming the folder): a folder that is not a model folder
+    (no ``model.json``), a link, and the models the project ships
+    (`SHIPPED`, in `DEFAULT_MODELS_DIR`). The folder is first renamed to a
+    hidden ``.tmp-NAME-*`` (so no list shows half a model), then removed; a
+    removal cut short is finished by `clean_stale`.
+    """
+    folder = Path(folder)
+    if folder.is_symlink() or not (folder / META_FILE).is_file():
+        raise ModelFolderError(f"{folder}: not a saved model folder; nothing deleted")
+    shipped = folder.resolve().parent == DEFAULT_MODELS_DIR.resolve()
+    if shipped and folder.name in SHIPPED:
+        raise ModelFolderError(
+            f"{folder}: the project ships this model; it is not deleted from here"
+        )
+    gone = folder.parent / f"{_TMP_PREFIX}{folder.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(folder, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def clean_stale(root: str | Path, max_age: float = STALE_SECONDS) -> list[Path]:
     """Remove leftovers of killed saves under ``root``; return what was removed.
 
