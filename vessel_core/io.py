@@ -610,8 +610,8 @@ def _too_large(
         what += f" ({size[0]}x{size[1]}, width x height)"
     return _load_error(
         f"{label!r}: the {fmt} image has {what}, more than the "
-        f"{MAX_PIXELS / 1e6:g} megapixels allowed (io.MAX_PIXELS); it was not "
-        "decoded",
+        f"{MAX_PIXELS / 1e6:g} megapixels allowed (HRF's photographs, the largest "
+        "fundus images, have 8.2); it was not decoded",
         "too_large",
     )
 
@@ -1118,7 +1118,9 @@ class _Problems:
 
     def raise_if_any(self, where: str, unpaired: list[Unpaired] = ()) -> None:
         if self.messages:
-            shown = "\n  - ".join(self.messages[:20])
+            # one upload: its name is said once, not again before its problem
+            messages = [m.removeprefix(f"{where}: ") for m in self.messages]
+            shown = "\n  - ".join(messages[:20])
             if len(self.messages) > 20:
                 shown += f"\n  ... and {len(self.messages) - 20} more"
             # problems, not files: a size mismatch names an image and its mask
