@@ -199,9 +199,11 @@ def resnet(train, test, model_dir: Path | None = None, flips=(1,), precisions=(N
             exact.prepare()  # the network's set-up is not counted in seconds/image
         for n in flips:
             out = score_model(exact.with_prediction(flips=n), test, "resnet34")
+            start = "ImageNet" if meta.get("pretrained") else "random"
+            if meta.get("started_from"):
+                start = f"{meta['started_from'].get('name')}'s weights as"
             out["notes"] = (
-                f"{how}; {meta.get('epochs_run')} epochs, "
-                f"{'ImageNet' if meta.get('pretrained') else 'random'} start"
+                f"{how}; {meta.get('epochs_run')} epochs, {start} start"
             ) + "".join(f"; {w.message}" for w in fell_back)
             name = f"ResNet34 U-Net ({meta['settings']['preset']}"
             name += f", {exact.settings['precision']}" if precisions != (None,) else ""
