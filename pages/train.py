@@ -285,8 +285,10 @@ def _epoch_chart(job: Job) -> None:
     events = job.events("epoch")
     if not events:
         return
-    fig = _ui.line_figure("Validation per epoch", "epoch", "score")
     names = [k for k in EPOCH_SHOWN if k in events[-1].metrics]
+    if not names:  # nothing held out (val cases 0): no figure to draw
+        return
+    fig = _ui.line_figure("Validation per epoch", "epoch", "score")
     if "dice" in names and "f1" in names:
         names.remove("f1")  # the same figure under two names
     for metric in names:
