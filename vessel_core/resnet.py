@@ -176,8 +176,9 @@ class ResNetUNet:
     input : {"rgb", "green", "rgb-extended", "green-extended"}, optional
         Network input: the RGB image standardised in the FOV, or its green channel
         after CLAHE, standardised and repeated three times. ``-extended``: also
-        the outside of the FOV filled from the nearest pixels inside it, so
-        there is no dark step at the FOV's edge.
+        the outside of the FOV filled from the pixels inside it, so there is no
+        dark step at the FOV's edge (on DRIVE, a second cycle from an "rgb"
+        model with it scored lower than one without: AUC 0.977 against 0.979).
     val_cases : int, optional
         Training cases held out (chosen with ``seed``; at most half of them, with
         a warning when fewer than asked) to pick the best epoch and
