@@ -814,12 +814,15 @@ def _delete_models(refs: Sequence[ModelRef]) -> None:
             f"Saved models live in `{models_dir()}`, shared by everyone using this "
             "server. Deleting one removes its folder for good."
         )
+        # new keys after each deletion: the form starts empty and unticked again
+        # (a widget keeps what the browser last sent under its old key)
+        round_ = st.session_state.get("delete_round", 0)
         chosen = st.multiselect(
             "Models to delete",
             [r.label for r in saved],
-            key="delete_models",
+            key=f"delete_models_{round_}",
         )
-        sure = st.checkbox("Yes, delete them for good", key="delete_sure")
+        sure = st.checkbox("Yes, delete them for good", key=f"delete_sure_{round_}")
         if st.button("Delete", key="delete_go", disabled=not (chosen and sure)):
             by_label = {r.label: r for r in saved}
             failed = []
@@ -828,8 +831,7 @@ def _delete_models(refs: Sequence[ModelRef]) -> None:
                     store.delete_model(by_label[label].path)
                 except (OSError, ValueError) as exc:
                     failed.append(f"{label}: {exc}")
-            for key in ("delete_models", "delete_sure"):
-                st.session_state.pop(key, None)
+            st.session_state["delete_round"] = round_ + 1
             if failed:
                 st.error(plain("Not deleted: " + "; ".join(failed)))
             else:

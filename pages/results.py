@@ -37,6 +37,9 @@ with left:
     )
 with right:
     first = _ui.first_model(list(refs.values()))  # offered first: the default
+    before = st.session_state.get("res_model")
+    if isinstance(before, str) and before not in refs:  # deleted since, or moved
+        st.info(_ui.plain(f"{before} is no longer among the models; showing {first}."))
     label = st.selectbox(
         "Model",
         [first, *(m for m in refs if m != first)],

@@ -148,21 +148,25 @@ def test_the_sidebar_deletes_saved_models_but_not_the_shipped_one(
         store.save_model(model, models_dir / name)
     at = AppTest.from_function(_sidebar_deleter, default_timeout=RUN_TIMEOUT).run()
     assert not at.exception, at.exception
-    chooser = at.multiselect(key="delete_models")
+    chooser = at.multiselect(key="delete_models_0")
     assert chooser.options == ["old-a (classic)", "old-b (classic)"]
     chooser.set_value(["old-a (classic)"]).run()
     assert at.button(key="delete_go").disabled  # not confirmed yet
-    at.checkbox(key="delete_sure").check().run()
+    at.checkbox(key="delete_sure_0").check().run()
     at.button(key="delete_go").click().run()
     assert not at.error, as_drawn(at.error)
     assert sorted(p.name for p in models_dir.iterdir()) == ["old-b"]
     assert "old-a" not in texts(at.markdown)
-    assert at.multiselect(key="delete_models").options == ["old-b (classic)"]
+    # the form starts afresh: nothing chosen, not ticked, so nothing to press
+    chooser = at.multiselect(key="delete_models_1")
+    assert chooser.options == ["old-b (classic)"] and chooser.value == []
+    assert not at.checkbox(key="delete_sure_1").value
+    assert at.button(key="delete_go").disabled
     # in the project's own folder, the shipped model is never offered
     monkeypatch.setenv("VESSEL_MODELS_DIR", str(store.DEFAULT_MODELS_DIR))
     at = AppTest.from_function(_sidebar_deleter, default_timeout=RUN_TIMEOUT).run()
     assert "resnet34-full" in texts(at.markdown)
-    offered = at.multiselect(key="delete_models").options if at.multiselect else []
+    offered = at.multiselect[0].options if at.multiselect else []
     assert not [o for o in offered if o.startswith("resnet34-full")]
 
 
@@ -807,6 +811,24 @@ def test_train_page_form_does_not_submit_on_enter(sample):
     forms = list(_forms(at.main))
     assert [f.proto.form.form_id for f in forms] == ["train_form_knn"]
     assert forms[0].proto.form.enter_to_submit is False
+
+
+def test_results_page_says_when_its_model_was_deleted_meanwhile(
+    sample, sample_models, tmp_path, monkeypatch
+):
+    import shutil
+
+    folder = tmp_path / "models"
+    shutil.copytree(sample_models, folder)
+    monkeypatch.setenv("VESSEL_MODELS_DIR", str(folder))
+    at = app("pages/results.py", cases=sample, dataset="built-in sample")
+    at.selectbox(key="res_model").set_value("knn-sample (knn)").run()
+    store.delete_model(folder / "knn-sample")  # from another tab's sidebar
+    at.run()
+    assert not at.error, as_drawn(at.error)
+    said = as_drawn(at.info)
+    assert "knn-sample (knn) is no longer among the models; showing" in said
+    assert at.selectbox(key="res_model").value == "classic-sample (classic)"
 
 
 def test_results_page_threshold_reads_as_used_and_returns_to_the_models(
