@@ -145,15 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {exc}") from None
     if args.snapshot:
         _check_snapshot(source)
+    data = args.data or drive_dir()
     try:
-        found = io.discover(args.data or drive_dir())
+        found = io.discover(data)
     except io.LoadError as exc:
         raise SystemExit(f"error: {exc} (give the DRIVE folder with --data)") from None
     train = with_masks(split_cases(found.cases, "train"))
     test = with_masks(split_cases(found.cases, "test"))
     if not train or not test:
         raise SystemExit(
-            f"error: {_data_dir(args)} holds {len(train)} training and {len(test)} "
+            f"error: {data} holds {len(train)} training and {len(test)} "
             "test case(s) with a vessel mask; both are needed (DRIVE's layout: "
             "training/ and test/)"
         )
@@ -190,11 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     for row in ("mean", "pooled"):
         print(f"{row:8s}" + "".join(f"{figures[row][k]:13.4f}" for k in TABLE_KEYS))
     return 0
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    """The data folder this run reads."""
-    return args.data or drive_dir()
 
 
 def _check_snapshot(folder: str | None) -> None:

@@ -557,19 +557,16 @@ def first_model(refs: Sequence[ModelRef]) -> str:
     """The label a one-model picker starts with: this session's newest model,
     else a shipped one, else the first listed."""
     plain = [r for r in refs if not r.prediction] or list(refs)
+    newest_own = [r for r in plain if r.origin != "saved"][-1:]
     shipped = [r for r in plain if is_shipped(r)]
-    own = _newest_first(plain)[: len(plain) - len(_saved(plain))]
-    return (own or shipped or plain)[0].label
-
-
-def _saved(refs: Sequence[ModelRef]) -> list[ModelRef]:
-    return [r for r in refs if r.origin == "saved"]
+    return (newest_own or shipped or plain)[0].label
 
 
 def _newest_first(refs: Sequence[ModelRef]) -> list[ModelRef]:
     """This session's models, newest first (`model_refs` lists them oldest
     first), then the saved ones as listed."""
-    return [r for r in refs if r.origin != "saved"][::-1] + _saved(refs)
+    saved = [r for r in refs if r.origin == "saved"]
+    return [r for r in refs if r.origin != "saved"][::-1] + saved
 
 
 def is_shipped(ref: ModelRef) -> bool:

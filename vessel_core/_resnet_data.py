@@ -32,11 +32,11 @@ def network_input(
     times. Standardising per image makes the input alike across datasets whose
     brightness differs (DRIVE, STARE, CHASE_DB1, HRF).
 
-    ``"rgb-extended"`` and ``"green-extended"`` then give every pixel outside
-    the FOV the value of the nearest pixel inside (`extend_beyond_fov`), so the
+    ``"rgb-extended"`` and ``"green-extended"`` then fill the outside of the FOV
+    and its darker rim from the pixels inside (`extend_beyond_fov`), so the
     network sees no dark step at the FOV's edge, where a vessel that runs into
     it would otherwise end at a false edge (the FOV extension of Soares et al.,
-    2006, done in one pass).
+    2006, done by pull-push instead of their iterations).
     """
     if kind not in INPUTS:
         raise ValueError(f"input must be one of {INPUTS}, got {kind!r}")

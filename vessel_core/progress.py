@@ -86,8 +86,8 @@ def warn(
 ) -> None:
     """`warnings.warn`, and the message kept by each `kept_warnings` open in this
     thread (whatever the warning filters say)."""
+    text = str(message)
     for kept in getattr(_KEPT, "lists", ()):
-        text = str(message)
         if text not in kept:
             kept.append(text)
     warnings.warn(message, category, stacklevel=stacklevel + 1)
